@@ -1,0 +1,47 @@
+"""dlowrank: low-rank approximation of matrices larger than memory.
+
+Matrices live in Zarr and are read as chunked Dask arrays; every algorithm touches
+them only through passes, and every result reports its error and its passes.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("dlowrank")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+from dlowrank.api import (  # noqa: E402
+    cumulative_energy,
+    exact_eigh,
+    exact_svd,
+    optimal_error,
+    rank_for_energy,
+    spectrum_summary,
+    stable_rank,
+    svt,
+)
+from dlowrank.generate import TestMatrix, generate, make_matrix  # noqa: E402
+from dlowrank.io.matrix import open_matrix  # noqa: E402
+from dlowrank.results import EighResult, SVDResult, load  # noqa: E402
+
+__all__ = [
+    "EighResult",
+    "SVDResult",
+    "TestMatrix",
+    "__version__",
+    "cumulative_energy",
+    "exact_eigh",
+    "exact_svd",
+    "generate",
+    "load",
+    "make_matrix",
+    "open_matrix",
+    "optimal_error",
+    "rank_for_energy",
+    "spectrum_summary",
+    "stable_rank",
+    "svt",
+]

@@ -1,0 +1,3 @@
+from dlowrank.cli import main
+
+main(prog_name="dlowrank")

@@ -1,0 +1,301 @@
+"""Public functions: exact in-memory paths, Eckart-Young errors, spectrum tools.
+
+Each function validates its arguments, then calls a kernel that trusts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from dlowrank.errors import InputError, ParameterError
+from dlowrank.io.matrix import as_dask_matrix
+from dlowrank.kernels import exact, spectrum
+from dlowrank.params import parse_float, parse_int, parse_rank
+from dlowrank.results import EighResult, SVDResult
+
+logger = logging.getLogger(__name__)
+
+#: Largest input (bytes, in its compute dtype) the exact paths load by default.
+EXACT_MAX_BYTES = 2 << 30
+
+
+def _input_info(x: da.Array, source: Any) -> dict:
+    info = {"shape": [int(d) for d in x.shape], "dtype": str(x.dtype),
+            "chunks": [int(c[0]) for c in x.chunks]}
+    if isinstance(source, str):
+        info["source"] = source
+    return info
+
+
+def _first_nonfinite(arr: np.ndarray) -> tuple[int, tuple[int, int]] | None:
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    idx = np.argwhere(bad)[0]
+    return int(bad.sum()), (int(idx[0]), int(idx[1]))
+
+
+def _load_small(x: da.Array, source: Any, max_bytes: int, name: str = "a") -> tuple[np.ndarray, dict]:
+    """Refuse a validated ``x`` if too large for memory, else load it as float64."""
+    max_bytes = parse_int(max_bytes, "max_bytes", 1)
+    if x.nbytes > max_bytes:
+        raise InputError(f"`{name}` is {x.nbytes / 2**30:.2f} GiB, above the exact path's "
+                         f"max_bytes = {max_bytes / 2**30:.2f} GiB; use randomized_svd or "
+                         "sketch_svd for large matrices, or raise max_bytes")
+    arr = np.asarray(x.compute(), dtype=np.float64)
+    found = _first_nonfinite(arr)
+    if found is not None:
+        count, (i, j) = found
+        raise InputError(f"`{name}` holds {count} NaN or infinite values (the first at row {i}, "
+                         f"column {j}); dlowrank needs finite input")
+    return arr, _input_info(x, source if isinstance(source, str) else None)
+
+
+def exact_svd(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYTES) -> SVDResult:
+    """Exact truncated SVD in memory (LAPACK gesdd, gesvd if gesdd fails to converge).
+
+    Parameters
+    ----------
+    a : array-like, dask array, zarr array or URL, shape (m, n)
+        The matrix; loaded whole, so it must fit in memory.
+    rank : int, optional
+        Number of singular triplets kept, in [1, min(m, n)]; default min(m, n).
+    max_bytes : int, default 2 GiB
+        Refuse inputs larger than this instead of running out of memory.
+
+    Returns
+    -------
+    SVDResult
+        ``u`` (m, k), ``s`` (k,), ``vt`` (k, n) in the input's float dtype (computed
+        in float64). ``rel_error`` is exact: the Eckart-Young optimum
+        ``sqrt(sum_{i>=k} s_i^2) / ||a||_F``. ``passes`` is 1.
+
+    Raises
+    ------
+    InputError
+        Not 2-D, a zero-length dimension, a non-real dtype, non-finite values, or
+        larger than ``max_bytes``.
+    ParameterError
+        ``rank`` outside [1, min(m, n)].
+
+    Examples
+    --------
+    >>> import numpy as np, dlowrank
+    >>> a = np.random.default_rng(0).standard_normal((30, 20))
+    >>> r = dlowrank.exact_svd(a, 5)
+    >>> bool(np.allclose(r.u.T @ r.u, np.eye(5)))
+    True
+    """
+    start = time.perf_counter()
+    x = as_dask_matrix(a)
+    k = parse_rank(rank, x.shape)
+    arr, info = _load_small(x, a, max_bytes)
+    u, s, vt = exact.svd(arr)
+    err = exact.optimal_error(s, k).rel_frobenius
+    dtype = np.dtype(info["dtype"])
+    return SVDResult(
+        u=u[:, :k].astype(dtype), s=s[:k].astype(dtype), vt=vt[:k].astype(dtype),
+        rel_error=err, error_kind="exact", passes=1, algorithm="exact_svd",
+        params={"rank": k}, input=info, seconds=time.perf_counter() - start,
+    )
+
+
+def exact_eigh(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYTES) -> EighResult:
+    """Exact truncated eigen-decomposition of a symmetric matrix, largest ``|λ|`` first.
+
+    Parameters
+    ----------
+    a : array-like, dask array, zarr array or URL, shape (n, n)
+        A symmetric matrix: ``||a - a.T||_F <= 1000 eps ||a||_F`` for its dtype.
+    rank : int, optional
+        Number of eigenpairs kept, in [1, n]; default n.
+    max_bytes : int, default 2 GiB
+        Refuse inputs larger than this.
+
+    Returns
+    -------
+    EighResult
+        ``w`` (k,) ordered by decreasing ``|w|``, ``v`` (n, k) orthonormal;
+        ``rel_error`` = ``sqrt(sum of dropped w^2) / ||a||_F`` (exact).
+
+    Examples
+    --------
+    >>> import numpy as np, dlowrank
+    >>> b = np.random.default_rng(0).standard_normal((10, 10)); a = b + b.T
+    >>> r = dlowrank.exact_eigh(a)
+    >>> bool(np.allclose(r.to_dense(), a))
+    True
+    """
+    start = time.perf_counter()
+    x = as_dask_matrix(a)
+    if x.shape[0] != x.shape[1]:
+        raise InputError(f"`a` must be square for exact_eigh; got shape {x.shape} "
+                         "(use exact_svd for rectangular matrices)")
+    k = parse_rank(rank, x.shape)
+    arr, info = _load_small(x, a, max_bytes)
+    tol = 1e3 * np.finfo(np.dtype(info["dtype"])).eps
+    asym = exact.asymmetry(arr)
+    if asym > tol:
+        raise InputError(f"`a` is not symmetric: ||a - a.T||_F / ||a||_F = {asym:.3g} > {tol:.3g}; "
+                         "use exact_svd, or symmetrize with (a + a.T) / 2")
+    w, v = exact.eigh_by_magnitude((arr + arr.T) / 2)
+    total = float(np.sum(w**2))
+    err = float(np.sqrt(np.sum(w[k:] ** 2) / total)) if total > 0 else 0.0
+    dtype = np.dtype(info["dtype"])
+    return EighResult(
+        w=w[:k].astype(dtype), v=v[:, :k].astype(dtype), rel_error=err, error_kind="exact",
+        passes=1, algorithm="exact_eigh", params={"rank": k}, input=info,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def svt(a: Any, threshold: float, rank: int | None = None, *,
+        max_bytes: int = EXACT_MAX_BYTES) -> SVDResult:
+    """Singular value thresholding: the proximal operator of ``threshold * ||.||_*``.
+
+    Returns :math:`X^* = \\sum_i (\\sigma_i - \\tau)_+ u_i v_i^T`, the minimizer of
+    :math:`\\tfrac12 \\|X - A\\|_F^2 + \\tau \\|X\\|_*` (Cai, Candès, Shen 2010,
+    doi:10.1137/080738970); it is also the optimum of the weight-decay
+    factorization :math:`\\tfrac12\\|UV^T - A\\|_F^2 + \\tfrac{\\tau}{2}(\\|U\\|_F^2 +
+    \\|V\\|_F^2)` (Mazumder, Hastie, Tibshirani 2010).
+
+    Parameters
+    ----------
+    a : array-like, dask array, zarr array or URL, shape (m, n)
+    threshold : float
+        τ >= 0.
+    rank : int, optional
+        Keep at most this many terms (default: every σ_i > τ).
+
+    Returns
+    -------
+    SVDResult
+        Only the terms with σ_i > τ (possibly none: then ``u`` is (m, 0));
+        ``s`` holds the shrunk values σ_i − τ. ``rel_error`` is the exact
+        ``||a - X||_F / ||a||_F``.
+
+    Examples
+    --------
+    >>> import numpy as np, dlowrank
+    >>> a = np.diag([3.0, 2.0, 0.5])
+    >>> dlowrank.svt(a, 1.0).s.tolist()
+    [2.0, 1.0]
+    """
+    start = time.perf_counter()
+    x = as_dask_matrix(a)
+    tau = parse_float(threshold, "threshold", low=0.0)
+    k = parse_rank(rank, x.shape)
+    arr, info = _load_small(x, a, max_bytes)
+    u, s, vt = exact.svd(arr)
+    shrunk = exact.soft_threshold(s, tau)
+    kept = min(k, int(np.count_nonzero(shrunk)))
+    total = float(np.sqrt(np.sum(s**2)))
+    err = exact.svt_error(s, tau, kept) / total if total > 0 else 0.0
+    dtype = np.dtype(info["dtype"])
+    return SVDResult(
+        u=u[:, :kept].astype(dtype), s=shrunk[:kept].astype(dtype), vt=vt[:kept].astype(dtype),
+        rel_error=err, error_kind="exact", passes=1, algorithm="svt",
+        params={"threshold": tau, "rank": k}, input=info, seconds=time.perf_counter() - start,
+    )
+
+
+def _parse_spectrum(s: Any) -> np.ndarray:
+    arr = np.asarray(s, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ParameterError(f"`s` must be a non-empty 1-D array of singular values; got shape "
+                             f"{arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ParameterError("`s` must hold finite non-negative singular values")
+    if np.any(np.diff(arr) > 0):
+        i = int(np.argmax(np.diff(arr) > 0))
+        raise ParameterError(f"`s` must be non-increasing; s[{i}] = {arr[i]:.6g} < "
+                             f"s[{i + 1}] = {arr[i + 1]:.6g} (sort it in descending order)")
+    return arr
+
+
+def optimal_error(s: Any, rank: int) -> exact.OptimalError:
+    """Eckart-Young: the error of the best rank-``rank`` approximation.
+
+    Parameters
+    ----------
+    s : array-like, shape (p,)
+        The *whole* spectrum, non-increasing (p = min(m, n)).
+    rank : int
+        In [0, p].
+
+    Returns
+    -------
+    OptimalError
+        ``frobenius`` = sqrt(sum_{i>=rank} s_i^2), ``spectral`` = s_rank, and both
+        relative to ||A||_F and ||A||_2. No rank-``rank`` matrix does better in
+        either norm (Eckart & Young 1936; Mirsky 1960).
+
+    Examples
+    --------
+    >>> import dlowrank
+    >>> dlowrank.optimal_error([4.0, 3.0], 1).frobenius
+    3.0
+    """
+    arr = _parse_spectrum(s)
+    return exact.optimal_error(arr, parse_int(rank, "rank", 0, arr.size))
+
+
+def cumulative_energy(s: Any, *, total_energy: float | None = None) -> np.ndarray:
+    """Fraction of ``||A||_F^2`` in the first k singular values, k = 1..len(s).
+
+    ``total_energy`` is ``||A||_F^2`` when ``s`` is only the top of the spectrum.
+    """
+    arr = _parse_spectrum(s)
+    if total_energy is not None:
+        total_energy = parse_float(total_energy, "total_energy", low=float(np.sum(arr**2)) * (1 - 1e-12))
+    return spectrum.cumulative_energy(arr, total_energy)
+
+
+def rank_for_energy(s: Any, fraction: float, *, total_energy: float | None = None) -> int | None:
+    """Smallest rank whose singular values hold ``fraction`` of ``||A||_F^2``.
+
+    Returns None if the given (partial) spectrum does not reach it.
+
+    Examples
+    --------
+    >>> import dlowrank
+    >>> dlowrank.rank_for_energy([3.0, 2.0, 1.0, 1.0], 0.9)
+    3
+    """
+    arr = _parse_spectrum(s)
+    fraction = parse_float(fraction, "fraction", low=0.0, high=1.0, low_open=True)
+    return spectrum.rank_for_energy(arr, fraction, total_energy)
+
+
+def stable_rank(s: Any, *, total_energy: float | None = None) -> float:
+    """Stable rank ``||A||_F^2 / ||A||_2^2``, a robust count of significant directions."""
+    return spectrum.stable_rank(_parse_spectrum(s), total_energy)
+
+
+def spectrum_summary(s: Any, *, full_rank: int | None = None,
+                     total_energy: float | None = None) -> spectrum.SpectrumSummary:
+    """Whether a spectrum decays fast (approximable), slowly, or is flat (noise-like).
+
+    Parameters
+    ----------
+    s : array-like
+        Singular values, non-increasing: the whole spectrum, or its top together
+        with ``total_energy`` = ||A||_F^2 and ``full_rank`` = min(m, n).
+
+    Examples
+    --------
+    >>> import numpy as np, dlowrank
+    >>> dlowrank.spectrum_summary(0.5 ** np.arange(100)).verdict
+    'fast decay'
+    >>> dlowrank.spectrum_summary(np.ones(100)).verdict
+    'flat'
+    """
+    arr = _parse_spectrum(s)
+    if full_rank is not None:
+        full_rank = parse_int(full_rank, "full_rank", arr.size)
+    return spectrum.summarize(arr, full_rank, total_energy)

@@ -1,0 +1,39 @@
+"""Exception and warning classes of dlowrank.
+
+Every class subclasses the builtin that fits, so callers may catch either
+``dlowrank.errors.InputError`` or plain ``ValueError``.
+"""
+
+from __future__ import annotations
+
+
+class DlowrankError(Exception):
+    """Base class of every error dlowrank raises on purpose."""
+
+
+class ParameterError(DlowrankError, ValueError):
+    """A parameter (rank, seed, tol, ...) breaks its rule."""
+
+
+class InputError(DlowrankError, ValueError):
+    """The input matrix cannot be used: shape, dtype, codecs or values."""
+
+
+class UnsafeInputError(InputError):
+    """The input store asks for a codec that can run code when a chunk is decoded."""
+
+
+class StoreNotFoundError(DlowrankError, FileNotFoundError):
+    """A path or URL that should hold a Zarr array or result holds nothing."""
+
+
+class OutputExistsError(DlowrankError, FileExistsError):
+    """The output path already holds something and overwriting was not asked for."""
+
+
+class ResultError(DlowrankError, OSError):
+    """A stored result is incomplete or not a dlowrank result."""
+
+
+class DlowrankWarning(UserWarning):
+    """Base class of dlowrank's warnings."""

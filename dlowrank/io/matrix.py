@@ -1,0 +1,188 @@
+"""Open a matrix from Zarr (any fsspec URL) or take one in memory, and validate it.
+
+Safety first: the store's metadata is read as plain JSON and checked *before*
+zarr parses it or decodes any chunk. Object codecs (pickle above all) turn chunk
+bytes into Python objects; a pickle chunk can run arbitrary code when decoded,
+so a store that names one is refused outright.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import dask.array as da
+import fsspec
+import numpy as np
+import zarr
+
+from dlowrank.errors import InputError, StoreNotFoundError, UnsafeInputError
+
+logger = logging.getLogger(__name__)
+
+#: Codecs that decode chunk bytes into Python objects (numcodecs ids, v2 and v3 names).
+OBJECT_CODECS = frozenset(
+    {"pickle", "json", "json2", "msgpack", "msgpack2", "vlen-utf8", "vlen-bytes",
+     "vlen-array", "categorize", "object"}
+)
+
+
+def compute_dtype(dtype: np.dtype, where: str) -> np.dtype:
+    """The dtype dlowrank computes in for an input of ``dtype``.
+
+    float32 and float64 are kept, float16 becomes float32, integers and bools
+    become float64; anything else is refused with an :class:`InputError`.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.fields is not None:
+        raise InputError(f"{where} has a structured dtype {dtype}; dlowrank needs a numeric "
+                         "matrix (store each field as its own array)")
+    if dtype.kind == "f":
+        if dtype.itemsize > 8:
+            raise InputError(f"{where} has dtype {dtype}; dlowrank supports float16/32/64")
+        return np.dtype(np.float32) if dtype.itemsize <= 4 else np.dtype(np.float64)
+    if dtype.kind in "iub":
+        return np.dtype(np.float64)
+    if dtype.kind == "c":
+        raise InputError(f"{where} has complex dtype {dtype}; dlowrank handles real matrices "
+                         "only (split real and imaginary parts or stack them)")
+    raise InputError(f"{where} has dtype {dtype} ({_KIND_NAMES.get(dtype.kind, 'non-numeric')}); "
+                     "dlowrank needs a real numeric matrix")
+
+
+_KIND_NAMES = {"O": "object", "U": "string", "S": "bytes", "V": "raw/structured",
+               "M": "datetime", "m": "timedelta"}
+
+
+def check_shape(shape: tuple[int, ...], where: str) -> None:
+    """Refuse anything but a 2-D shape with no zero-length dimension."""
+    if len(shape) != 2:
+        raise InputError(f"{where} has {len(shape)} dimensions (shape {tuple(shape)}); "
+                         "dlowrank needs a 2-D matrix")
+    if min(shape) == 0:
+        raise InputError(f"{where} has a zero-length dimension (shape {tuple(shape)}); "
+                         "dlowrank needs at least one row and one column")
+
+
+def _codec_names(node: Any) -> Iterator[str]:
+    """Every codec id/name in a metadata tree, nested (sharding) ones included."""
+    if isinstance(node, dict):
+        for key in ("id", "name"):
+            if isinstance(node.get(key), str):
+                yield node[key]
+        for value in node.values():
+            yield from _codec_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _codec_names(value)
+
+
+def _check_codecs(meta: dict, where: str) -> None:
+    parts = [meta.get(k) for k in ("codecs", "compressor", "filters", "object_codec")]
+    for name in _codec_names(parts):
+        short = name.lower().removeprefix("numcodecs.")
+        if short in OBJECT_CODECS or "pickle" in short:
+            raise UnsafeInputError(
+                f"{where} uses the codec {name!r}, which decodes chunks into Python objects "
+                "(a pickle codec can run arbitrary code); dlowrank refuses such stores. "
+                "Rewrite the array with a numeric dtype and byte codecs (zstd, blosc, ...)"
+            )
+
+
+def _metadata_dtype(meta: dict, where: str) -> np.dtype:
+    raw = meta.get("data_type", meta.get("dtype"))
+    if isinstance(raw, list):
+        raise InputError(f"{where} has a structured dtype {raw}; dlowrank needs a numeric matrix")
+    try:
+        return np.dtype(raw if isinstance(raw, str) else raw["name"])
+    except (TypeError, KeyError, ValueError):
+        raise InputError(f"{where} has dtype {raw!r}, which is not a real numeric type; "
+                         "dlowrank needs a real numeric matrix") from None
+
+
+def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+
+
+def _raw_metadata(url: str, fs: fsspec.AbstractFileSystem, path: str) -> dict:
+    """The array's metadata as stored (v3 zarr.json or v2 .zarray), no zarr parsing."""
+    meta = _read_json(fs, f"{path}/zarr.json") or _read_json(fs, f"{path}/.zarray")
+    if meta is not None and meta.get("node_type", "array") == "array":
+        return meta
+    if meta is None and not fs.exists(path):
+        raise StoreNotFoundError(f"input {url} does not exist")
+    if meta is not None or fs.exists(f"{path}/.zgroup"):
+        members = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        members = [m for m in members if not m.startswith(".") and m != "zarr.json"]
+        raise InputError(f"input {url} is a Zarr group, not an array; name one of its members, "
+                         f"e.g. {url.rstrip('/')}/{members[0] if members else 'NAME'}")
+    raise InputError(f"input {url} is not a Zarr array (no zarr.json or .zarray found there)")
+
+
+def open_matrix(url: str | os.PathLike, *, storage_options: dict | None = None) -> da.Array:
+    """Open a 2-D Zarr array as a Dask array chunked as stored.
+
+    Parameters
+    ----------
+    url : str or path-like
+        Local path or any fsspec URL (``memory://``, ``s3://``, ...) of a Zarr
+        array, format 2 or 3.
+    storage_options : dict, optional
+        Passed to fsspec (credentials, endpoint, ...).
+
+    Returns
+    -------
+    dask.array.Array
+        The matrix, lazily; integer and bool input is cast to float64, float16
+        to float32.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing exists at ``url``.
+    UnsafeInputError
+        The store names a pickle or other object codec. Decided from the raw
+        metadata before zarr parses it or any chunk is decoded.
+    InputError
+        Not an array (a group, a plain folder), not 2-D, a zero-length dimension,
+        or a non-real-numeric dtype.
+    """
+    url = os.fspath(url)
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    meta = _raw_metadata(url, fs, path.rstrip("/"))
+    where = f"input {url}"
+    _check_codecs(meta, where)
+    dtype = compute_dtype(_metadata_dtype(meta, where), where)
+    check_shape(tuple(meta["shape"]), where)
+    kwargs = {"storage_options": storage_options} if storage_options else {}
+    arr = zarr.open_array(url, mode="r", **kwargs)
+    x = da.from_zarr(arr)
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+def as_dask_matrix(a: Any, *, name: str = "a", storage_options: dict | None = None) -> da.Array:
+    """Any supported input (URL, path, zarr.Array, Dask or NumPy array) as a validated Dask array."""
+    if isinstance(a, (str, os.PathLike)):
+        return open_matrix(a, storage_options=storage_options)
+    if isinstance(a, zarr.Array):
+        where = f"zarr array `{name}`"
+        _check_codecs(a.metadata.to_dict(), where)
+        a = da.from_zarr(a)
+    elif not isinstance(a, da.Array):
+        a = np.asarray(a)
+    where = f"`{name}`"
+    check_shape(a.shape, where)
+    dtype = compute_dtype(a.dtype, where)
+    if isinstance(a, da.Array):
+        if any(np.isnan(c) for dim in a.chunks for c in dim):
+            raise InputError(f"{where} has unknown chunk sizes; call `{name}.compute_chunk_sizes()`"
+                             " first")
+    else:
+        a = da.from_array(a, chunks="auto")
+    return a if a.dtype == dtype else a.astype(dtype)

@@ -1,0 +1,80 @@
+"""Small ``parse_*`` helpers that validate public parameters once, at the boundary.
+
+Each message names the parameter, the rule, the value seen and, where it helps, the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from dlowrank.errors import ParameterError
+
+
+def parse_int(value: Any, name: str, low: int, high: int | None = None) -> int:
+    """An integer in [low, high] (high None: no upper bound); bools are refused."""
+    rule = f"in [{low}, {high}]" if high is not None else f">= {low}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ParameterError(f"`{name}` must be an integer {rule}; got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ParameterError(f"`{name}` must be an integer {rule}; got {value}")
+    return int(value)
+
+
+def parse_rank(rank: Any, shape: tuple[int, int], name: str = "rank") -> int:
+    """``rank`` in [1, min(shape)]; None means min(shape)."""
+    high = int(min(shape))
+    if rank is None:
+        return high
+    if isinstance(rank, numbers.Integral) and not isinstance(rank, bool) and not 1 <= rank <= high:
+        raise ParameterError(f"`{name}` must be an integer in [1, min(a.shape)] = [1, {high}]; "
+                             f"got {rank}")
+    return parse_int(rank, name, 1, high)
+
+
+def parse_float(value: Any, name: str, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number within the given (open or closed) bounds."""
+    lo = "-inf" if low is None else f"{'(' if low_open else '['}{low}"
+    hi = "inf" if high is None else f"{high}{')' if high_open else ']'}"
+    rule = f"a finite number in {lo}, {hi}" if low is not None or high is not None else "finite"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ParameterError(f"`{name}` must be {rule}; got {value!r}")
+    bad_low = low is not None and (value <= low if low_open else value < low)
+    bad_high = high is not None and (value >= high if high_open else value > high)
+    if bad_low or bad_high:
+        raise ParameterError(f"`{name}` must be {rule}; got {value}")
+    return float(value)
+
+
+def parse_seed(seed: Any) -> np.random.SeedSequence:
+    """``seed`` as a SeedSequence: an int >= 0, a SeedSequence, or None (fresh entropy)."""
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if seed is None:
+        return np.random.SeedSequence()
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ParameterError("`seed` must be a non-negative integer, a numpy.random.SeedSequence "
+                             f"or None; got {seed!r}")
+    return np.random.SeedSequence(int(seed))
+
+
+def parse_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices``; the message lists them."""
+    if value not in choices:
+        raise ParameterError(f"`{name}` must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def parse_dtype(value: Any, name: str = "dtype") -> np.dtype:
+    """float32 or float64."""
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ParameterError(f"`{name}` must be float32 or float64; got {value!r}")
+    return dtype

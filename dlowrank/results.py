@@ -1,0 +1,166 @@
+"""Result objects and their Zarr layout.
+
+A saved result is a Zarr group holding its arrays (``u``, ``s``, ``vt`` for an
+SVD; ``w``, ``v`` for an eigen-decomposition) and one attribute, ``dlowrank``,
+with the provenance: exactly :meth:`SVDResult.to_dict` plus ``"complete": true``,
+written last, so that a reader can tell a finished result from a partial one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import numpy as np
+import zarr
+
+from dlowrank.errors import ResultError, StoreNotFoundError
+from dlowrank.io.store import publish
+
+FORMAT_VERSION = 1
+
+
+def _version() -> str:
+    from dlowrank import __version__
+
+    return __version__
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class _Provenance:
+    """Fields every result carries besides its arrays."""
+
+    rel_error: float
+    error_kind: str  # "exact" (computed) or "estimated" (from an error sketch)
+    passes: int
+    algorithm: str
+    params: dict = field(default_factory=dict)
+    seed: int | None = None
+    input: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    version: str = field(default_factory=_version)
+    created: str = field(default_factory=_now)
+
+    _arrays: ClassVar[tuple[str, ...]] = ()
+    _kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        """Provenance as stored in the Zarr attributes (JSON types only)."""
+        out: dict[str, Any] = {"kind": self._kind, "format": FORMAT_VERSION}
+        for f in fields(self):
+            if f.name in self._arrays:
+                continue
+            out[f.name] = getattr(self, f.name)
+        out.update(self._derived())
+        return out
+
+    def _derived(self) -> dict:
+        return {}
+
+    def save(self, url: str | os.PathLike, *, overwrite: bool = False,
+             storage_options: dict | None = None) -> None:
+        """Write the result to a Zarr group at ``url``, atomically (see module doc)."""
+        kwargs = {"storage_options": storage_options} if storage_options else {}
+
+        def write(tmp: str) -> None:
+            group = zarr.open_group(tmp, mode="w", **kwargs)
+            for name in self._arrays:
+                group.create_array(name, data=np.ascontiguousarray(getattr(self, name)))
+            group.attrs["dlowrank"] = {**self.to_dict(), "complete": True}
+
+        publish(url, write, overwrite=overwrite, storage_options=storage_options)
+
+
+@dataclass(frozen=True)
+class SVDResult(_Provenance):
+    """A truncated SVD ``a ≈ u @ diag(s) @ vt``.
+
+    Columns of ``u`` (m, k) and rows of ``vt`` (k, n) are orthonormal; ``s`` (k,)
+    is non-negative and non-increasing; signs follow the package convention (the
+    largest-magnitude entry of each column of ``u`` is positive). ``rel_error`` is
+    ``||a - u diag(s) vt||_F / ||a||_F``, exact or estimated as ``error_kind``
+    says; ``passes`` is the number of full reads of ``a``.
+    """
+
+    u: np.ndarray = None
+    s: np.ndarray = None
+    vt: np.ndarray = None
+    _arrays: ClassVar[tuple[str, ...]] = ("u", "s", "vt")
+    _kind: ClassVar[str] = "svd"
+
+    @property
+    def rank(self) -> int:
+        return int(len(self.s))
+
+    @property
+    def v(self) -> np.ndarray:
+        return self.vt.T
+
+    def to_dense(self) -> np.ndarray:
+        """``u @ diag(s) @ vt`` (m, n) in memory: for small results only."""
+        return (self.u * self.s) @ self.vt
+
+    def _derived(self) -> dict:
+        return {"rank": self.rank, "shape": [int(self.u.shape[0]), int(self.vt.shape[1])]}
+
+
+@dataclass(frozen=True)
+class EighResult(_Provenance):
+    """A truncated eigen-decomposition ``a ≈ v @ diag(w) @ v.T`` of a symmetric matrix.
+
+    ``w`` (k,) is ordered by decreasing ``|w|``; columns of ``v`` (n, k) are
+    orthonormal and follow the package sign convention.
+    """
+
+    w: np.ndarray = None
+    v: np.ndarray = None
+    _arrays: ClassVar[tuple[str, ...]] = ("w", "v")
+    _kind: ClassVar[str] = "eigh"
+
+    @property
+    def rank(self) -> int:
+        return int(len(self.w))
+
+    def to_dense(self) -> np.ndarray:
+        return (self.v * self.w) @ self.v.T
+
+    def to_svd(self) -> SVDResult:
+        """The same decomposition as an SVD: s = |w|, u = v, vt = (sign(w) v)^T."""
+        signs = np.where(self.w < 0, -1, 1).astype(self.v.dtype)
+        prov = {f.name: getattr(self, f.name) for f in fields(_Provenance)}
+        return SVDResult(**prov, u=self.v, s=np.abs(self.w), vt=(self.v * signs).T)
+
+    def _derived(self) -> dict:
+        return {"rank": self.rank, "shape": [int(self.v.shape[0])] * 2}
+
+
+_CLASSES = {"svd": SVDResult, "eigh": EighResult}
+
+
+def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDResult | EighResult:
+    """Load a result saved by ``save``; refuse one without its completion marker."""
+    url = os.fspath(url)
+    kwargs = {"storage_options": storage_options} if storage_options else {}
+    try:
+        group = zarr.open_group(url, mode="r", **kwargs)
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"result {url} does not exist") from None
+    except (ValueError, TypeError) as exc:  # zarr raises these for a non-group node
+        raise ResultError(f"{url} is not a dlowrank result ({exc})") from None
+    attrs = dict(group.attrs.get("dlowrank") or {})
+    if attrs.get("kind") not in _CLASSES:
+        raise ResultError(f"{url} is not a dlowrank result (no `dlowrank` attribute with a kind)")
+    if not attrs.get("complete"):
+        raise ResultError(f"result {url} is incomplete (no completion marker): it was not "
+                          "fully written; rerun the job that makes it")
+    cls = _CLASSES[attrs["kind"]]
+    names = {f.name for f in fields(_Provenance)}
+    kwargs = {k: v for k, v in attrs.items() if k in names}
+    arrays = {name: group[name][...] for name in cls._arrays}
+    return cls(**kwargs, **arrays)
