@@ -25,8 +25,11 @@ EXACT_MAX_BYTES = 2 << 30
 
 
 def _input_info(x: da.Array, source: Any) -> dict:
-    info = {"shape": [int(d) for d in x.shape], "dtype": str(x.dtype),
-            "chunks": [int(c[0]) for c in x.chunks]}
+    info = {
+        "shape": [int(d) for d in x.shape],
+        "dtype": str(x.dtype),
+        "chunks": [int(c[0]) for c in x.chunks],
+    }
     if isinstance(source, str):
         info["source"] = source
     return info
@@ -40,19 +43,25 @@ def _first_nonfinite(arr: np.ndarray) -> tuple[int, tuple[int, int]] | None:
     return int(bad.sum()), (int(idx[0]), int(idx[1]))
 
 
-def _load_small(x: da.Array, source: Any, max_bytes: int, name: str = "a") -> tuple[np.ndarray, dict]:
+def _load_small(
+    x: da.Array, source: Any, max_bytes: int, name: str = "a"
+) -> tuple[np.ndarray, dict]:
     """Refuse a validated ``x`` if too large for memory, else load it as float64."""
     max_bytes = parse_int(max_bytes, "max_bytes", 1)
     if x.nbytes > max_bytes:
-        raise InputError(f"`{name}` is {x.nbytes / 2**30:.2f} GiB, above the exact path's "
-                         f"max_bytes = {max_bytes / 2**30:.2f} GiB; use randomized_svd or "
-                         "sketch_svd for large matrices, or raise max_bytes")
+        raise InputError(
+            f"`{name}` is {x.nbytes / 2**30:.2f} GiB, above the exact path's "
+            f"max_bytes = {max_bytes / 2**30:.2f} GiB; use randomized_svd or "
+            "sketch_svd for large matrices, or raise max_bytes"
+        )
     arr = np.asarray(x.compute(), dtype=np.float64)
     found = _first_nonfinite(arr)
     if found is not None:
         count, (i, j) = found
-        raise InputError(f"`{name}` holds {count} NaN or infinite values (the first at row {i}, "
-                         f"column {j}); dlowrank needs finite input")
+        raise InputError(
+            f"`{name}` holds {count} NaN or infinite values (the first at row {i}, "
+            f"column {j}); dlowrank needs finite input"
+        )
     return arr, _input_info(x, source if isinstance(source, str) else None)
 
 
@@ -99,9 +108,16 @@ def exact_svd(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYT
     err = exact.optimal_error(s, k).rel_frobenius
     dtype = np.dtype(info["dtype"])
     return SVDResult(
-        u=u[:, :k].astype(dtype), s=s[:k].astype(dtype), vt=vt[:k].astype(dtype),
-        rel_error=err, error_kind="exact", passes=1, algorithm="exact_svd",
-        params={"rank": k}, input=info, seconds=time.perf_counter() - start,
+        u=u[:, :k].astype(dtype),
+        s=s[:k].astype(dtype),
+        vt=vt[:k].astype(dtype),
+        rel_error=err,
+        error_kind="exact",
+        passes=1,
+        algorithm="exact_svd",
+        params={"rank": k},
+        input=info,
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -134,28 +150,39 @@ def exact_eigh(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BY
     start = time.perf_counter()
     x = as_dask_matrix(a)
     if x.shape[0] != x.shape[1]:
-        raise InputError(f"`a` must be square for exact_eigh; got shape {x.shape} "
-                         "(use exact_svd for rectangular matrices)")
+        raise InputError(
+            f"`a` must be square for exact_eigh; got shape {x.shape} "
+            "(use exact_svd for rectangular matrices)"
+        )
     k = parse_rank(rank, x.shape)
     arr, info = _load_small(x, a, max_bytes)
     tol = 1e3 * np.finfo(np.dtype(info["dtype"])).eps
     asym = exact.asymmetry(arr)
     if asym > tol:
-        raise InputError(f"`a` is not symmetric: ||a - a.T||_F / ||a||_F = {asym:.3g} > {tol:.3g}; "
-                         "use exact_svd, or symmetrize with (a + a.T) / 2")
+        raise InputError(
+            f"`a` is not symmetric: ||a - a.T||_F / ||a||_F = {asym:.3g} > {tol:.3g}; "
+            "use exact_svd, or symmetrize with (a + a.T) / 2"
+        )
     w, v = exact.eigh_by_magnitude((arr + arr.T) / 2)
     total = float(np.sum(w**2))
     err = float(np.sqrt(np.sum(w[k:] ** 2) / total)) if total > 0 else 0.0
     dtype = np.dtype(info["dtype"])
     return EighResult(
-        w=w[:k].astype(dtype), v=v[:, :k].astype(dtype), rel_error=err, error_kind="exact",
-        passes=1, algorithm="exact_eigh", params={"rank": k}, input=info,
+        w=w[:k].astype(dtype),
+        v=v[:, :k].astype(dtype),
+        rel_error=err,
+        error_kind="exact",
+        passes=1,
+        algorithm="exact_eigh",
+        params={"rank": k},
+        input=info,
         seconds=time.perf_counter() - start,
     )
 
 
-def svt(a: Any, threshold: float, rank: int | None = None, *,
-        max_bytes: int = EXACT_MAX_BYTES) -> SVDResult:
+def svt(
+    a: Any, threshold: float, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYTES
+) -> SVDResult:
     """Singular value thresholding: the proximal operator of ``threshold * ||.||_*``.
 
     Returns :math:`X^* = \\sum_i (\\sigma_i - \\tau)_+ u_i v_i^T`, the minimizer of
@@ -198,23 +225,33 @@ def svt(a: Any, threshold: float, rank: int | None = None, *,
     err = exact.svt_error(s, tau, kept) / total if total > 0 else 0.0
     dtype = np.dtype(info["dtype"])
     return SVDResult(
-        u=u[:, :kept].astype(dtype), s=shrunk[:kept].astype(dtype), vt=vt[:kept].astype(dtype),
-        rel_error=err, error_kind="exact", passes=1, algorithm="svt",
-        params={"threshold": tau, "rank": k}, input=info, seconds=time.perf_counter() - start,
+        u=u[:, :kept].astype(dtype),
+        s=shrunk[:kept].astype(dtype),
+        vt=vt[:kept].astype(dtype),
+        rel_error=err,
+        error_kind="exact",
+        passes=1,
+        algorithm="svt",
+        params={"threshold": tau, "rank": k},
+        input=info,
+        seconds=time.perf_counter() - start,
     )
 
 
 def _parse_spectrum(s: Any) -> np.ndarray:
     arr = np.asarray(s, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
-        raise ParameterError(f"`s` must be a non-empty 1-D array of singular values; got shape "
-                             f"{arr.shape}")
+        raise ParameterError(
+            f"`s` must be a non-empty 1-D array of singular values; got shape {arr.shape}"
+        )
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise ParameterError("`s` must hold finite non-negative singular values")
     if np.any(np.diff(arr) > 0):
         i = int(np.argmax(np.diff(arr) > 0))
-        raise ParameterError(f"`s` must be non-increasing; s[{i}] = {arr[i]:.6g} < "
-                             f"s[{i + 1}] = {arr[i + 1]:.6g} (sort it in descending order)")
+        raise ParameterError(
+            f"`s` must be non-increasing; s[{i}] = {arr[i]:.6g} < "
+            f"s[{i + 1}] = {arr[i + 1]:.6g} (sort it in descending order)"
+        )
     return arr
 
 
@@ -252,7 +289,9 @@ def cumulative_energy(s: Any, *, total_energy: float | None = None) -> np.ndarra
     """
     arr = _parse_spectrum(s)
     if total_energy is not None:
-        total_energy = parse_float(total_energy, "total_energy", low=float(np.sum(arr**2)) * (1 - 1e-12))
+        total_energy = parse_float(
+            total_energy, "total_energy", low=float(np.sum(arr**2)) * (1 - 1e-12)
+        )
     return spectrum.cumulative_energy(arr, total_energy)
 
 
@@ -277,8 +316,9 @@ def stable_rank(s: Any, *, total_energy: float | None = None) -> float:
     return spectrum.stable_rank(_parse_spectrum(s), total_energy)
 
 
-def spectrum_summary(s: Any, *, full_rank: int | None = None,
-                     total_energy: float | None = None) -> spectrum.SpectrumSummary:
+def spectrum_summary(
+    s: Any, *, full_rank: int | None = None, total_energy: float | None = None
+) -> spectrum.SpectrumSummary:
     """Whether a spectrum decays fast (approximable), slowly, or is flat (noise-like).
 
     Parameters

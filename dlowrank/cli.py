@@ -59,38 +59,84 @@ def _json_default(obj: Any) -> Any:
 @click.argument("out")
 @click.option("--shape", nargs=2, type=int, required=True, metavar="M N", help="Rows and columns.")
 @click.option("--rank", type=int, required=True, help="Number of non-zero signal singular values.")
-@click.option("--kind", type=click.Choice(KINDS),
-              default="exponential", show_default=True, help="Spectrum kind.")
-@click.option("--decay", type=float, default=None,
-              help="Ratio (exponential, psd; default 0.9) or exponent (polynomial; default 1).")
+@click.option(
+    "--kind",
+    type=click.Choice(KINDS),
+    default="exponential",
+    show_default=True,
+    help="Spectrum kind.",
+)
+@click.option(
+    "--decay",
+    type=float,
+    default=None,
+    help="Ratio (exponential, psd; default 0.9) or exponent (polynomial; default 1).",
+)
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Largest singular value.")
 @click.option("--noise", type=float, default=None, help="Std of iid Gaussian noise per entry.")
-@click.option("--chunks", nargs=2, type=int, default=None, metavar="R C",
-              help="Chunk shape (default: dask's auto).")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64",
-              show_default=True)
+@click.option(
+    "--chunks",
+    nargs=2,
+    type=int,
+    default=None,
+    metavar="R C",
+    help="Chunk shape (default: dask's auto).",
+)
+@click.option(
+    "--dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True
+)
 @click.option("--seed", type=int, default=None, help="Seed; the matrix does not depend on chunks.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT once the new matrix is complete.")
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
-def generate(out: str, shape: tuple[int, int], rank: int, kind: str, decay: float | None,
-             scale: float, noise: float | None, chunks: tuple[int, int] | None, dtype: str,
-             seed: int | None, overwrite: bool, as_json: bool) -> None:
+def generate(
+    out: str,
+    shape: tuple[int, int],
+    rank: int,
+    kind: str,
+    decay: float | None,
+    scale: float,
+    noise: float | None,
+    chunks: tuple[int, int] | None,
+    dtype: str,
+    seed: int | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
     """Write a test matrix with a known spectrum to the Zarr array OUT, blockwise."""
     start = time.perf_counter()
-    made = dlowrank.generate(out, tuple(shape), rank, kind=kind, decay=decay, scale=scale,
-                             noise=noise, chunks=chunks or "auto", dtype=dtype, seed=seed,
-                             overwrite=overwrite)
+    made = dlowrank.generate(
+        out,
+        tuple(shape),
+        rank,
+        kind=kind,
+        decay=decay,
+        scale=scale,
+        noise=noise,
+        chunks=chunks or "auto",
+        dtype=dtype,
+        seed=seed,
+        overwrite=overwrite,
+    )
     seconds = time.perf_counter() - start
     x = made.array
-    summary = {"output": out, "shape": list(x.shape), "dtype": str(x.dtype),
-               "chunks": [c[0] for c in x.chunks], "rank": made.spec.rank, "seconds": seconds,
-               "gb_per_s": x.nbytes / 1e9 / seconds, "seed": made.spec.entropy}
+    summary = {
+        "output": out,
+        "shape": list(x.shape),
+        "dtype": str(x.dtype),
+        "chunks": [c[0] for c in x.chunks],
+        "rank": made.spec.rank,
+        "seconds": seconds,
+        "gb_per_s": x.nbytes / 1e9 / seconds,
+        "seed": made.spec.entropy,
+    }
     if as_json:
         _emit_json(summary)
     else:
-        click.echo(f"wrote {out}: {x.shape[0]} x {x.shape[1]} {x.dtype}, chunks "
-                   f"{summary['chunks'][0]} x {summary['chunks'][1]}, {x.nbytes / 1e9:.2f} GB "
-                   f"in {seconds:.1f} s (seed {made.spec.entropy})")
+        click.echo(
+            f"wrote {out}: {x.shape[0]} x {x.shape[1]} {x.dtype}, chunks "
+            f"{summary['chunks'][0]} x {summary['chunks'][1]}, {x.nbytes / 1e9:.2f} GB "
+            f"in {seconds:.1f} s (seed {made.spec.entropy})"
+        )
 
 
 def _describe_array(url: str) -> dict:
@@ -99,11 +145,18 @@ def _describe_array(url: str) -> dict:
     x = dlowrank.open_matrix(url)  # validates (unsafe codecs, shape, dtype) first
     arr = zarr.open_array(url, mode="r")
     meta = arr.metadata.to_dict()
-    info = {"type": "array", "path": url, "shape": list(x.shape), "dtype": str(arr.dtype),
-            "compute_dtype": str(x.dtype), "chunks": [c[0] for c in x.chunks],
-            "n_chunks": int(np.prod(x.numblocks)), "nbytes": int(arr.nbytes),
-            "zarr_format": meta.get("zarr_format"),
-            "codecs": meta.get("codecs") or [meta.get("compressor")]}
+    info = {
+        "type": "array",
+        "path": url,
+        "shape": list(x.shape),
+        "dtype": str(arr.dtype),
+        "compute_dtype": str(x.dtype),
+        "chunks": [c[0] for c in x.chunks],
+        "n_chunks": int(np.prod(x.numblocks)),
+        "nbytes": int(arr.nbytes),
+        "zarr_format": meta.get("zarr_format"),
+        "codecs": meta.get("codecs") or [meta.get("compressor")],
+    }
     attrs = dict(arr.attrs.get("dlowrank") or {})
     if attrs:
         info["dlowrank"] = attrs
@@ -121,10 +174,15 @@ def _describe(url: str) -> dict:
     except Exception:  # not a group: describe it as a matrix (which validates it)
         return _describe_array(url)
     attrs = dict(group.attrs.get("dlowrank") or {})
-    members = {name: {"shape": list(node.shape), "dtype": str(node.dtype)}
-               for name, node in group.arrays()}
-    return {"type": "result" if attrs else "group", "path": url, "arrays": members,
-            "dlowrank": attrs}
+    members = {
+        name: {"shape": list(node.shape), "dtype": str(node.dtype)} for name, node in group.arrays()
+    }
+    return {
+        "type": "result" if attrs else "group",
+        "path": url,
+        "arrays": members,
+        "dlowrank": attrs,
+    }
 
 
 @main.command()
@@ -148,8 +206,15 @@ def info(url: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--shape", nargs=2, type=int, default=(20000, 500), show_default=True,
-              metavar="M N", help="Size of the synthetic matrix.")
+@click.option(
+    "--shape",
+    nargs=2,
+    type=int,
+    default=(20000, 500),
+    show_default=True,
+    metavar="M N",
+    help="Size of the synthetic matrix.",
+)
 @click.option("--rank", type=int, default=20, show_default=True, help="Rank of the approximation.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")

@@ -21,8 +21,9 @@ def run_demo(url: str, shape: tuple[int, int], rank: int, seed: int) -> dict:
     m, n = shape
     true_rank = min(m, n, 4 * rank)
     start = time.perf_counter()
-    made = generate(url, shape, true_rank, kind="exponential", decay=0.9,
-                    chunks=(max(1, m // 4), n), seed=seed)
+    made = generate(
+        url, shape, true_rank, kind="exponential", decay=0.9, chunks=(max(1, m // 4), n), seed=seed
+    )
     t_gen = time.perf_counter() - start
     result = exact_svd(made.array, rank)
     s_true = made.singular_values
@@ -41,7 +42,14 @@ def run_demo(url: str, shape: tuple[int, int], rank: int, seed: int) -> dict:
         f"check    max |s - s_true| / s_0 = {s_err:.1e}; max |U^T U - I| = {orth:.1e}",
         "verified" if verified else "NOT VERIFIED: the result disagrees with the known answer",
     ]
-    return {"output": url, "rank": rank, "rel_error": result.rel_error,
-            "optimal_rel_error": optimum, "passes": result.passes,
-            "seconds": result.seconds, "algorithm": result.algorithm,
-            "verified": bool(verified), "lines": lines}
+    return {
+        "output": url,
+        "rank": rank,
+        "rel_error": result.rel_error,
+        "optimal_rel_error": optimum,
+        "passes": result.passes,
+        "seconds": result.seconds,
+        "algorithm": result.algorithm,
+        "verified": bool(verified),
+        "lines": lines,
+    }

@@ -55,16 +55,25 @@ class TestMatrix:
 
         s = self.spec
         return {
-            "kind": "test_matrix", "spectrum": s.kind, "shape": list(s.shape), "rank": s.rank,
-            "decay": s.decay, "scale": s.scale, "noise": s.noise, "seed": s.entropy,
-            "spawn_key": list(s.spawn_key), "dtype": str(self.array.dtype),
-            "singular_values": self.singular_values.tolist(), "noise_free": s.noise == 0,
+            "kind": "test_matrix",
+            "spectrum": s.kind,
+            "shape": list(s.shape),
+            "rank": s.rank,
+            "decay": s.decay,
+            "scale": s.scale,
+            "noise": s.noise,
+            "seed": s.entropy,
+            "spawn_key": list(s.spawn_key),
+            "dtype": str(self.array.dtype),
+            "singular_values": self.singular_values.tolist(),
+            "noise_free": s.noise == 0,
             "version": __version__,
         }
 
 
-def _parse_spec(shape: Any, rank: Any, kind: Any, decay: Any, scale: Any, noise: Any,
-                seed: Any) -> testmatrix.TestMatrixSpec:
+def _parse_spec(
+    shape: Any, rank: Any, kind: Any, decay: Any, scale: Any, noise: Any, seed: Any
+) -> testmatrix.TestMatrixSpec:
     if not isinstance(shape, (tuple, list)) or len(shape) != 2:
         raise ParameterError(f"`shape` must be two positive integers (m, n); got {shape!r}")
     m, n = (parse_int(d, "shape", 1) for d in shape)
@@ -79,8 +88,9 @@ def _parse_spec(shape: Any, rank: Any, kind: Any, decay: Any, scale: Any, noise:
         else:
             decay = parse_float(decay, "decay", low=0.0, high=1.0, low_open=True)
     elif decay is not None:
-        raise ParameterError(f"`decay` does not apply to kind {kind} (its spectrum is flat); "
-                             f"got {decay!r}")
+        raise ParameterError(
+            f"`decay` does not apply to kind {kind} (its spectrum is flat); got {decay!r}"
+        )
     else:
         decay = 0.0
     scale = parse_float(scale, "scale", low=0.0, low_open=True)
@@ -90,12 +100,15 @@ def _parse_spec(shape: Any, rank: Any, kind: Any, decay: Any, scale: Any, noise:
         noise = 0.1 * scale / np.sqrt(max(m, n)) if kind == "lowrank-noise" else 0.0
     noise = parse_float(noise, "noise", low=0.0)
     if kind == "psd" and noise > 0:
-        raise ParameterError(f"`noise` must be 0 for kind psd (noise breaks definiteness); got {noise}")
+        raise ParameterError(
+            f"`noise` must be 0 for kind psd (noise breaks definiteness); got {noise}"
+        )
     if kind == "lowrank-noise" and noise == 0:
         raise ParameterError("`noise` must be > 0 for kind lowrank-noise (or use kind flat)")
     seq = parse_seed(seed)
-    return testmatrix.TestMatrixSpec((m, n), k, kind, decay, scale, noise,
-                                     int(seq.entropy), tuple(seq.spawn_key))
+    return testmatrix.TestMatrixSpec(
+        (m, n), k, kind, decay, scale, noise, int(seq.entropy), tuple(seq.spawn_key)
+    )
 
 
 def _parse_chunks(chunks: Any, shape: tuple[int, int], dtype: np.dtype) -> tuple:
@@ -114,13 +127,31 @@ def _make_block(spec, rinv_u, rinv_v, dtype, block_info=None):
 
 def _lazy(spec: testmatrix.TestMatrixSpec, chunks: tuple, dtype: np.dtype) -> da.Array:
     rinv_u, rinv_v = testmatrix.rinvs(spec)
-    return da.map_blocks(_make_block, spec, rinv_u, rinv_v, dtype, chunks=chunks, dtype=dtype,
-                         meta=np.empty((0, 0), dtype=dtype), name=f"dlowrank-testmatrix-{spec.entropy}-{spec.kind}")
+    return da.map_blocks(
+        _make_block,
+        spec,
+        rinv_u,
+        rinv_v,
+        dtype,
+        chunks=chunks,
+        dtype=dtype,
+        meta=np.empty((0, 0), dtype=dtype),
+        name=f"dlowrank-testmatrix-{spec.entropy}-{spec.kind}",
+    )
 
 
-def make_matrix(shape: tuple[int, int], rank: int, *, kind: str = "exponential",
-                decay: float | None = None, scale: float = 1.0, noise: float | None = None,
-                chunks: Any = "auto", dtype: Any = "float64", seed: Any = None) -> TestMatrix:
+def make_matrix(
+    shape: tuple[int, int],
+    rank: int,
+    *,
+    kind: str = "exponential",
+    decay: float | None = None,
+    scale: float = 1.0,
+    noise: float | None = None,
+    chunks: Any = "auto",
+    dtype: Any = "float64",
+    seed: Any = None,
+) -> TestMatrix:
     """A lazy test matrix ``A = U diag(s) V^T + noise * G`` with a known spectrum.
 
     Parameters
@@ -161,11 +192,21 @@ def make_matrix(shape: tuple[int, int], rank: int, *, kind: str = "exponential",
     return TestMatrix(_lazy(spec, _parse_chunks(chunks, spec.shape, dtype), dtype), spec)
 
 
-def generate(url: str | os.PathLike, shape: tuple[int, int], rank: int, *,
-             kind: str = "exponential", decay: float | None = None, scale: float = 1.0,
-             noise: float | None = None, chunks: Any = "auto", dtype: Any = "float64",
-             seed: Any = None, overwrite: bool = False,
-             storage_options: dict | None = None) -> TestMatrix:
+def generate(
+    url: str | os.PathLike,
+    shape: tuple[int, int],
+    rank: int,
+    *,
+    kind: str = "exponential",
+    decay: float | None = None,
+    scale: float = 1.0,
+    noise: float | None = None,
+    chunks: Any = "auto",
+    dtype: Any = "float64",
+    seed: Any = None,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> TestMatrix:
     """Write :func:`make_matrix` to a Zarr array at ``url``, blockwise and atomically.
 
     The spec and the signal's singular values go into the array's ``dlowrank``
@@ -175,8 +216,17 @@ def generate(url: str | os.PathLike, shape: tuple[int, int], rank: int, *,
     """
     url = os.fspath(url)
     check_writable(url, overwrite=overwrite, storage_options=storage_options)
-    made = make_matrix(shape, rank, kind=kind, decay=decay, scale=scale, noise=noise,
-                       chunks=chunks, dtype=dtype, seed=seed)
+    made = make_matrix(
+        shape,
+        rank,
+        kind=kind,
+        decay=decay,
+        scale=scale,
+        noise=noise,
+        chunks=chunks,
+        dtype=dtype,
+        seed=seed,
+    )
     attrs = {**made.to_dict(), "complete": True}
     kwargs = {"storage_options": storage_options} if storage_options else {}
 

@@ -30,13 +30,21 @@ def parse_rank(rank: Any, shape: tuple[int, int], name: str = "rank") -> int:
     if rank is None:
         return high
     if isinstance(rank, numbers.Integral) and not isinstance(rank, bool) and not 1 <= rank <= high:
-        raise ParameterError(f"`{name}` must be an integer in [1, min(a.shape)] = [1, {high}]; "
-                             f"got {rank}")
+        raise ParameterError(
+            f"`{name}` must be an integer in [1, min(a.shape)] = [1, {high}]; got {rank}"
+        )
     return parse_int(rank, name, 1, high)
 
 
-def parse_float(value: Any, name: str, *, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> float:
+def parse_float(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """A finite real number within the given (open or closed) bounds."""
     lo = "-inf" if low is None else f"{'(' if low_open else '['}{low}"
     hi = "inf" if high is None else f"{high}{')' if high_open else ']'}"
@@ -57,8 +65,10 @@ def parse_seed(seed: Any) -> np.random.SeedSequence:
     if seed is None:
         return np.random.SeedSequence()
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ParameterError("`seed` must be a non-negative integer, a numpy.random.SeedSequence "
-                             f"or None; got {seed!r}")
+        raise ParameterError(
+            "`seed` must be a non-negative integer, a numpy.random.SeedSequence "
+            f"or None; got {seed!r}"
+        )
     return np.random.SeedSequence(int(seed))
 
 

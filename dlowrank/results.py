@@ -63,8 +63,13 @@ class _Provenance:
     def _derived(self) -> dict:
         return {}
 
-    def save(self, url: str | os.PathLike, *, overwrite: bool = False,
-             storage_options: dict | None = None) -> None:
+    def save(
+        self,
+        url: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        storage_options: dict | None = None,
+    ) -> None:
         """Write the result to a Zarr group at ``url``, atomically (see module doc)."""
         kwargs = {"storage_options": storage_options} if storage_options else {}
 
@@ -157,8 +162,10 @@ def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDR
     if attrs.get("kind") not in _CLASSES:
         raise ResultError(f"{url} is not a dlowrank result (no `dlowrank` attribute with a kind)")
     if not attrs.get("complete"):
-        raise ResultError(f"result {url} is incomplete (no completion marker): it was not "
-                          "fully written; rerun the job that makes it")
+        raise ResultError(
+            f"result {url} is incomplete (no completion marker): it was not "
+            "fully written; rerun the job that makes it"
+        )
     cls = _CLASSES[attrs["kind"]]
     names = {f.name for f in fields(_Provenance)}
     kwargs = {k: v for k, v in attrs.items() if k in names}

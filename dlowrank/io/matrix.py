@@ -25,8 +25,18 @@ logger = logging.getLogger(__name__)
 
 #: Codecs that decode chunk bytes into Python objects (numcodecs ids, v2 and v3 names).
 OBJECT_CODECS = frozenset(
-    {"pickle", "json", "json2", "msgpack", "msgpack2", "vlen-utf8", "vlen-bytes",
-     "vlen-array", "categorize", "object"}
+    {
+        "pickle",
+        "json",
+        "json2",
+        "msgpack",
+        "msgpack2",
+        "vlen-utf8",
+        "vlen-bytes",
+        "vlen-array",
+        "categorize",
+        "object",
+    }
 )
 
 
@@ -38,8 +48,10 @@ def compute_dtype(dtype: np.dtype, where: str) -> np.dtype:
     """
     dtype = np.dtype(dtype)
     if dtype.fields is not None:
-        raise InputError(f"{where} has a structured dtype {dtype}; dlowrank needs a numeric "
-                         "matrix (store each field as its own array)")
+        raise InputError(
+            f"{where} has a structured dtype {dtype}; dlowrank needs a numeric "
+            "matrix (store each field as its own array)"
+        )
     if dtype.kind == "f":
         if dtype.itemsize > 8:
             raise InputError(f"{where} has dtype {dtype}; dlowrank supports float16/32/64")
@@ -47,24 +59,38 @@ def compute_dtype(dtype: np.dtype, where: str) -> np.dtype:
     if dtype.kind in "iub":
         return np.dtype(np.float64)
     if dtype.kind == "c":
-        raise InputError(f"{where} has complex dtype {dtype}; dlowrank handles real matrices "
-                         "only (split real and imaginary parts or stack them)")
-    raise InputError(f"{where} has dtype {dtype} ({_KIND_NAMES.get(dtype.kind, 'non-numeric')}); "
-                     "dlowrank needs a real numeric matrix")
+        raise InputError(
+            f"{where} has complex dtype {dtype}; dlowrank handles real matrices "
+            "only (split real and imaginary parts or stack them)"
+        )
+    raise InputError(
+        f"{where} has dtype {dtype} ({_KIND_NAMES.get(dtype.kind, 'non-numeric')}); "
+        "dlowrank needs a real numeric matrix"
+    )
 
 
-_KIND_NAMES = {"O": "object", "U": "string", "S": "bytes", "V": "raw/structured",
-               "M": "datetime", "m": "timedelta"}
+_KIND_NAMES = {
+    "O": "object",
+    "U": "string",
+    "S": "bytes",
+    "V": "raw/structured",
+    "M": "datetime",
+    "m": "timedelta",
+}
 
 
 def check_shape(shape: tuple[int, ...], where: str) -> None:
     """Refuse anything but a 2-D shape with no zero-length dimension."""
     if len(shape) != 2:
-        raise InputError(f"{where} has {len(shape)} dimensions (shape {tuple(shape)}); "
-                         "dlowrank needs a 2-D matrix")
+        raise InputError(
+            f"{where} has {len(shape)} dimensions (shape {tuple(shape)}); "
+            "dlowrank needs a 2-D matrix"
+        )
     if min(shape) == 0:
-        raise InputError(f"{where} has a zero-length dimension (shape {tuple(shape)}); "
-                         "dlowrank needs at least one row and one column")
+        raise InputError(
+            f"{where} has a zero-length dimension (shape {tuple(shape)}); "
+            "dlowrank needs at least one row and one column"
+        )
 
 
 def _codec_names(node: Any) -> Iterator[str]:
@@ -99,8 +125,10 @@ def _metadata_dtype(meta: dict, where: str) -> np.dtype:
     try:
         return np.dtype(raw if isinstance(raw, str) else raw["name"])
     except (TypeError, KeyError, ValueError):
-        raise InputError(f"{where} has dtype {raw!r}, which is not a real numeric type; "
-                         "dlowrank needs a real numeric matrix") from None
+        raise InputError(
+            f"{where} has dtype {raw!r}, which is not a real numeric type; "
+            "dlowrank needs a real numeric matrix"
+        ) from None
 
 
 def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
@@ -120,8 +148,10 @@ def _raw_metadata(url: str, fs: fsspec.AbstractFileSystem, path: str) -> dict:
     if meta is not None or fs.exists(f"{path}/.zgroup"):
         members = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
         members = [m for m in members if not m.startswith(".") and m != "zarr.json"]
-        raise InputError(f"input {url} is a Zarr group, not an array; name one of its members, "
-                         f"e.g. {url.rstrip('/')}/{members[0] if members else 'NAME'}")
+        raise InputError(
+            f"input {url} is a Zarr group, not an array; name one of its members, "
+            f"e.g. {url.rstrip('/')}/{members[0] if members else 'NAME'}"
+        )
     raise InputError(f"input {url} is not a Zarr array (no zarr.json or .zarray found there)")
 
 
@@ -167,7 +197,7 @@ def open_matrix(url: str | os.PathLike, *, storage_options: dict | None = None) 
 
 
 def as_dask_matrix(a: Any, *, name: str = "a", storage_options: dict | None = None) -> da.Array:
-    """Any supported input (URL, path, zarr.Array, Dask or NumPy array) as a validated Dask array."""
+    """Any supported input (URL, path, zarr.Array, Dask or NumPy array), validated, as Dask."""
     if isinstance(a, (str, os.PathLike)):
         return open_matrix(a, storage_options=storage_options)
     if isinstance(a, zarr.Array):
@@ -181,8 +211,9 @@ def as_dask_matrix(a: Any, *, name: str = "a", storage_options: dict | None = No
     dtype = compute_dtype(a.dtype, where)
     if isinstance(a, da.Array):
         if any(np.isnan(c) for dim in a.chunks for c in dim):
-            raise InputError(f"{where} has unknown chunk sizes; call `{name}.compute_chunk_sizes()`"
-                             " first")
+            raise InputError(
+                f"{where} has unknown chunk sizes; call `{name}.compute_chunk_sizes()` first"
+            )
     else:
         a = da.from_array(a, chunks="auto")
     return a if a.dtype == dtype else a.astype(dtype)

@@ -26,8 +26,9 @@ def _local_path(url: str) -> Path:
     return Path(url.removeprefix("file://")).absolute()
 
 
-def check_writable(url: str | os.PathLike, *, overwrite: bool,
-                   storage_options: dict | None = None) -> None:
+def check_writable(
+    url: str | os.PathLike, *, overwrite: bool, storage_options: dict | None = None
+) -> None:
     """Refuse an existing output unless ``overwrite``; call before any work is done."""
     url = os.fspath(url)
     if is_local(url):
@@ -36,13 +37,20 @@ def check_writable(url: str | os.PathLike, *, overwrite: bool,
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         exists = fs.exists(path)
     if exists and not overwrite:
-        raise OutputExistsError(f"output {url} already exists; choose another path or pass "
-                                "overwrite=True (--overwrite) to replace it once the new one "
-                                "is complete")
+        raise OutputExistsError(
+            f"output {url} already exists; choose another path or pass "
+            "overwrite=True (--overwrite) to replace it once the new one "
+            "is complete"
+        )
 
 
-def publish(url: str | os.PathLike, write: Callable[[str], None], *, overwrite: bool = False,
-            storage_options: dict | None = None) -> None:
+def publish(
+    url: str | os.PathLike,
+    write: Callable[[str], None],
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> None:
     """Run ``write(tmp_url)`` on a temporary sibling path, then move it to ``url``.
 
     On a local file system the final step is a rename, which is atomic; an

@@ -8,6 +8,8 @@ import numpy as np
 
 #: Energy fractions reported by :func:`summarize`.
 ENERGY_LEVELS = (0.5, 0.9, 0.99, 0.999)
+#: A drop s_k / s_{k-1} below this marks a gap between a signal and a noise floor.
+GAP_RATIO = 0.25
 
 
 def cumulative_energy(s: np.ndarray, total_energy: float | None = None) -> np.ndarray:
@@ -24,7 +26,9 @@ def cumulative_energy(s: np.ndarray, total_energy: float | None = None) -> np.nd
     return energy / total
 
 
-def rank_for_energy(s: np.ndarray, fraction: float, total_energy: float | None = None) -> int | None:
+def rank_for_energy(
+    s: np.ndarray, fraction: float, total_energy: float | None = None
+) -> int | None:
     """Smallest k whose first k singular values hold ``fraction`` of the energy.
 
     Returns None when the given (partial) spectrum never reaches it.
@@ -48,14 +52,18 @@ class SpectrumSummary:
     """How compressible a matrix is, read off its singular values.
 
     ``verdict`` is ``"fast decay"`` (approximable: 90 % of the energy in at most
-    10 % of the spectrum), ``"flat"`` (noise-like: 90 % needs at least half of
-    it) or ``"slow decay"`` in between.
+    10 % of the spectrum); else ``"gap"`` (low rank plus noise: within the first
+    10 % of the spectrum some s_k / s_{k-1} < 0.25, so rank ``gap_rank`` stands
+    out of a noise floor that holds much energy but little of any direction);
+    else ``"flat"`` (noise-like: 90 % of the energy needs at least half of the
+    spectrum) or ``"slow decay"`` in between.
     """
 
     n_values: int
     full_rank: int
     stable_rank: float
     ranks_for_energy: dict
+    gap_rank: int | None
     verdict: str
     message: str
 
@@ -65,12 +73,15 @@ class SpectrumSummary:
             "full_rank": self.full_rank,
             "stable_rank": self.stable_rank,
             "ranks_for_energy": dict(self.ranks_for_energy),
+            "gap_rank": self.gap_rank,
             "verdict": self.verdict,
             "message": self.message,
         }
 
 
-def summarize(s: np.ndarray, full_rank: int | None = None, total_energy: float | None = None) -> SpectrumSummary:
+def summarize(
+    s: np.ndarray, full_rank: int | None = None, total_energy: float | None = None
+) -> SpectrumSummary:
     """Decay summary of a spectrum; see :class:`SpectrumSummary` for the verdict rule.
 
     ``full_rank`` is min(m, n) when ``s`` holds only the top values (default len(s)).
@@ -79,9 +90,13 @@ def summarize(s: np.ndarray, full_rank: int | None = None, total_energy: float |
     p = len(s) if full_rank is None else int(full_rank)
     ranks = {str(f): rank_for_energy(s, f, total_energy) for f in ENERGY_LEVELS}
     r90 = ranks["0.9"]
+    gap = _gap_rank(s, p)
     if r90 is not None and r90 <= max(1, 0.1 * p):
         verdict = "fast decay"
         advice = "approximable: a low rank captures most of the energy"
+    elif gap is not None:
+        verdict = "gap"
+        advice = f"low rank plus noise: rank {gap} stands out of a noise floor"
     elif r90 is None or r90 >= 0.5 * p:
         verdict = "flat"
         advice = "noise-like: no low rank captures most of the energy"
@@ -95,6 +110,18 @@ def summarize(s: np.ndarray, full_rank: int | None = None, total_energy: float |
         full_rank=p,
         stable_rank=stable_rank(s, total_energy),
         ranks_for_energy=ranks,
+        gap_rank=gap,
         verdict=verdict,
         message=message,
     )
+
+
+def _gap_rank(s: np.ndarray, p: int) -> int | None:
+    """The k <= 10 % of ``p`` after the largest drop s_k / s_{k-1}, if below GAP_RATIO."""
+    head = s[: max(2, int(0.1 * p) + 1)]
+    if head.size < 2 or head[0] == 0:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(head[:-1] > 0, head[1:] / head[:-1], 1.0)
+    k = int(np.argmin(ratios))
+    return k + 1 if ratios[k] < GAP_RATIO else None

@@ -63,7 +63,9 @@ def _factor_panel(spec: TestMatrixSpec, which: int, n_rows: int, panel: int) -> 
     return spec.child(which, panel).standard_normal((rows, spec.rank))
 
 
-def gaussian_rows(spec: TestMatrixSpec, which: int, n_rows: int, start: int, stop: int) -> np.ndarray:
+def gaussian_rows(
+    spec: TestMatrixSpec, which: int, n_rows: int, start: int, stop: int
+) -> np.ndarray:
     """Rows ``start:stop`` of the (n_rows, rank) Gaussian behind factor ``which``."""
     first, last = start // FACTOR_PANEL, (stop - 1) // FACTOR_PANEL
     panels = [_factor_panel(spec, which, n_rows, p) for p in range(first, last + 1)]
@@ -95,7 +97,9 @@ def factor_rinv(spec: TestMatrixSpec, which: int, n_rows: int) -> np.ndarray:
     return r1inv @ scipy.linalg.solve_triangular(r2, eye)
 
 
-def factor_rows(spec: TestMatrixSpec, which: int, n_rows: int, rinv: np.ndarray, start: int, stop: int) -> np.ndarray:
+def factor_rows(
+    spec: TestMatrixSpec, which: int, n_rows: int, rinv: np.ndarray, start: int, stop: int
+) -> np.ndarray:
     """Rows ``start:stop`` of the orthonormal factor U (which=0) or V (which=1)."""
     return gaussian_rows(spec, which, n_rows, start, stop) @ rinv
 
@@ -124,8 +128,14 @@ def rinvs(spec: TestMatrixSpec) -> tuple[np.ndarray, np.ndarray]:
     return rinv_u, rinv_v
 
 
-def block(spec: TestMatrixSpec, rinv_u: np.ndarray, rinv_v: np.ndarray,
-          rows: tuple[int, int], cols: tuple[int, int], dtype=np.float64) -> np.ndarray:
+def block(
+    spec: TestMatrixSpec,
+    rinv_u: np.ndarray,
+    rinv_v: np.ndarray,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    dtype=np.float64,
+) -> np.ndarray:
     """Block ``A[rows[0]:rows[1], cols[0]:cols[1]]`` in float64, cast to ``dtype``."""
     m, n = spec.shape
     key_v = _KEY_U if spec.kind == "psd" else _KEY_V

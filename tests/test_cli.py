@@ -1,0 +1,97 @@
+"""The command line: help, version, generate, info, demo, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from click.testing import CliRunner
+
+import dlowrank
+from dlowrank.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_the_commands():
+    out = run("--help")
+    assert out.exit_code == 0
+    for command in ("generate", "info", "demo"):
+        assert command in out.output
+
+
+def test_python_dash_m_prints_the_version():
+    proc = subprocess.run(
+        [sys.executable, "-m", "dlowrank", "--version"], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == f"dlowrank, version {dlowrank.__version__}"
+
+
+def test_generate_then_info(tmp_path):
+    out = tmp_path / "a.zarr"
+    res = run(
+        "generate",
+        out,
+        "--shape",
+        120,
+        60,
+        "--rank",
+        5,
+        "--chunks",
+        25,
+        60,
+        "--seed",
+        9,
+        "--dtype",
+        "float32",
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["shape"] == [120, 60] and summary["chunks"] == [25, 60]
+    x = dlowrank.open_matrix(out)
+    assert x.dtype == np.float32
+    expected = dlowrank.make_matrix((120, 60), 5, seed=9, dtype="float32").array.compute()
+    np.testing.assert_array_equal(x.compute(), expected)
+    info = json.loads(run("info", out, "--json").output)
+    assert info["type"] == "array" and info["shape"] == [120, 60]
+    assert info["dlowrank"]["seed"] == 9 and len(info["dlowrank"]["singular_values"]) == 5
+    assert info["spectrum"]["verdict"] == "fast decay"
+    text = run("info", out).output
+    assert "shape: [120, 60]" in text and "verdict: fast decay" in text
+
+
+def test_info_on_a_saved_result_shows_provenance(tmp_path):
+    r = dlowrank.exact_svd(np.random.default_rng(0).standard_normal((20, 10)), 3)
+    r.save(tmp_path / "r.zarr")
+    info = json.loads(run("info", tmp_path / "r.zarr", "--json").output)
+    assert info["type"] == "result"
+    assert info["dlowrank"]["algorithm"] == "exact_svd" and info["dlowrank"]["rank"] == 3
+    assert info["arrays"]["u"]["shape"] == [20, 3]
+
+
+def test_user_errors_exit_2_with_one_line():
+    res = CliRunner().invoke(main, ["info", "/nonexistent/x.zarr"])
+    assert res.exit_code == 2
+    assert res.output.strip() == "error: input /nonexistent/x.zarr does not exist"
+    res = CliRunner().invoke(
+        main, ["generate", "/tmp/never.zarr", "--shape", "5", "5", "--rank", "9"]
+    )
+    assert (
+        res.exit_code == 2
+        and "`rank` must be an integer in [1, min(a.shape)] = [1, 5]" in res.output
+    )
+
+
+def test_demo_prints_a_verified_result():
+    res = run("demo", "--shape", 3000, 200, "--rank", 10, "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["verified"] is True
+    assert abs(summary["rel_error"] - summary["optimal_rel_error"]) < 1e-12
+    text = run("demo", "--shape", 2000, 100, "--rank", 5).output
+    assert text.strip().endswith("verified")
