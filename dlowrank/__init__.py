@@ -26,6 +26,7 @@ from dlowrank.api import (  # noqa: E402
 from dlowrank.generate import TestMatrix, generate, make_matrix  # noqa: E402
 from dlowrank.io.matrix import open_matrix  # noqa: E402
 from dlowrank.results import EighResult, SVDResult, load  # noqa: E402
+from dlowrank.streaming import randomized_svd, sketch_svd  # noqa: E402
 
 __all__ = [
     "EighResult",
@@ -40,8 +41,10 @@ __all__ = [
     "make_matrix",
     "open_matrix",
     "optimal_error",
+    "randomized_svd",
     "rank_for_energy",
     "spectrum_summary",
     "stable_rank",
+    "sketch_svd",
     "svt",
 ]

@@ -1,3 +1,4 @@
 from dlowrank.cli import main
 
-main(prog_name="dlowrank")
+if __name__ == "__main__":
+    main(prog_name="dlowrank")

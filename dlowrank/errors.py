@@ -37,3 +37,7 @@ class ResultError(DlowrankError, OSError):
 
 class DlowrankWarning(UserWarning):
     """Base class of dlowrank's warnings."""
+
+
+class ToleranceError(DlowrankError, ValueError):
+    """The requested precision cannot be reached within the allowed rank."""

@@ -23,6 +23,16 @@ from dlowrank.errors import InputError, StoreNotFoundError, UnsafeInputError
 
 logger = logging.getLogger(__name__)
 
+# Dask arrays made by open_matrix, by graph name: passes over them read the store
+# directly. A name changes with any transformation, so only the untouched array matches.
+_ZARR_ORIGINS: dict[str, tuple[str, dict | None]] = {}
+
+
+def zarr_origin(x: da.Array) -> tuple[str, dict | None] | None:
+    """(url, storage_options) if ``x`` is exactly an array returned by :func:`open_matrix`."""
+    return _ZARR_ORIGINS.get(x.name)
+
+
 #: Codecs that decode chunk bytes into Python objects (numcodecs ids, v2 and v3 names).
 OBJECT_CODECS = frozenset(
     {
@@ -193,7 +203,9 @@ def open_matrix(url: str | os.PathLike, *, storage_options: dict | None = None) 
     kwargs = {"storage_options": storage_options} if storage_options else {}
     arr = zarr.open_array(url, mode="r", **kwargs)
     x = da.from_zarr(arr)
-    return x if x.dtype == dtype else x.astype(dtype)
+    x = x if x.dtype == dtype else x.astype(dtype)
+    _ZARR_ORIGINS[x.name] = (url, storage_options)
+    return x
 
 
 def as_dask_matrix(a: Any, *, name: str = "a", storage_options: dict | None = None) -> da.Array:

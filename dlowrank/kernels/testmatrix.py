@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from dlowrank.kernels import random
+
 FACTOR_PANEL = 4096
 NOISE_TILE = 1024
 #: Factors with at most this many entries are orthonormalized by Householder QR.
@@ -54,24 +56,22 @@ class TestMatrixSpec:
         return np.full(self.rank, float(self.scale))
 
     def child(self, *key: int) -> np.random.Generator:
-        seq = np.random.SeedSequence(self.entropy, spawn_key=self.spawn_key + key)
-        return np.random.default_rng(seq)
+        return random.child_rng(self.entropy, self.spawn_key, *key)
 
 
 def _factor_panel(spec: TestMatrixSpec, which: int, n_rows: int, panel: int) -> np.ndarray:
-    rows = min(FACTOR_PANEL, n_rows - panel * FACTOR_PANEL)
-    return spec.child(which, panel).standard_normal((rows, spec.rank))
+    return random.gaussian_panel(
+        spec.entropy, spec.spawn_key, which, n_rows, spec.rank, panel, FACTOR_PANEL
+    )
 
 
 def gaussian_rows(
     spec: TestMatrixSpec, which: int, n_rows: int, start: int, stop: int
 ) -> np.ndarray:
     """Rows ``start:stop`` of the (n_rows, rank) Gaussian behind factor ``which``."""
-    first, last = start // FACTOR_PANEL, (stop - 1) // FACTOR_PANEL
-    panels = [_factor_panel(spec, which, n_rows, p) for p in range(first, last + 1)]
-    stacked = np.concatenate(panels, axis=0)
-    offset = first * FACTOR_PANEL
-    return stacked[start - offset : stop - offset]
+    return random.gaussian_rows(
+        spec.entropy, spec.spawn_key, which, n_rows, spec.rank, start, stop, FACTOR_PANEL
+    )
 
 
 def _gram(spec: TestMatrixSpec, which: int, n_rows: int, right: np.ndarray | None) -> np.ndarray:

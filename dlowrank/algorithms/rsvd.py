@@ -1,0 +1,124 @@
+"""Multi-pass randomized SVD with power iterations in q + 1 passes (HMT 2011).
+
+Tall orientation (the engine transposes a wide A). With l = rank + n_oversamples:
+
+1. X_0 = Omega (n, l), Gaussian from the seed and the global column index.
+2. q power iterations, one pass each: Z = A^T (A X) summed over row panels (the
+   panel is read once for both products), X = orth(Z) in float64 (HMT Alg. 4.4).
+3. Final pass: Y_i = A_i X (kept), W = A^T Y and ||A||_F^2 (folded in).
+4. Y = Q R (Householder). Then B = Q^T A = R^{-T} Y^T A = R^{-T} W^T needs no
+   further pass. Its rounding error is about eps * cond(R) * ||A||, so this is
+   used only when cond(R) <= eps^{-1/2}; otherwise (a rank-deficient or very
+   fast-decaying sketch) one more pass computes B = Q^T A directly, and the
+   result reports q + 2 passes.
+5. B = U_B S V^T, U = Q U_B; the error is exact:
+   ||A - U_k S_k V_k^T||_F^2 = ||A||_F^2 - sum_{i<k} s_i^2, since Q has
+   orthonormal columns (Pythagoras).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from dlowrank.algorithms.common import check_finite, orthonormalize, relative_error  # noqa: F401
+from dlowrank.kernels import exact, passkernels, random
+from dlowrank.passes import PassEngine
+
+logger = logging.getLogger(__name__)
+
+KEY_OMEGA = 0
+#: Largest cond(R) for which B = R^{-T} W^T replaces the extra projection pass.
+SAFE_COND = np.finfo(np.float64).eps ** -0.5
+
+
+@dataclass
+class Factors:
+    """Tall-oriented factors with the quantities their error needs."""
+
+    u: np.ndarray  # (m, l) orthonormal
+    s: np.ndarray  # (l,)
+    vt: np.ndarray  # (l, n)
+    fro2: float
+
+
+def _power_iterations(
+    engine: PassEngine, x: np.ndarray, n_power_iter: int
+) -> tuple[np.ndarray, float | None]:
+    fro2 = None
+    for _ in range(n_power_iter):
+        if engine.layout == "panel":
+            out = engine.run(passkernels.gram_apply, x, fro2 is None)
+            z = out.sums["z"]
+        else:  # two passes per iteration: Y = A X, then Z = A^T Y
+            out = engine.run(passkernels.apply_block, x, fro2 is None)
+            y = np.concatenate(out.rows["y"])
+            z = np.concatenate(engine.run(passkernels.adjoint_block, y).cols["z"])
+        if fro2 is None:
+            fro2 = float(out.sums["fro2"])
+            check_finite(engine, fro2)
+        x = orthonormalize(z)
+    return x, fro2
+
+
+def _final_panel(
+    engine: PassEngine, x: np.ndarray, fro2: float | None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    out = engine.run(passkernels.range_and_adjoint, x, fro2 is None)
+    if fro2 is None:
+        fro2 = float(out.sums["fro2"])
+        check_finite(engine, fro2)
+    y = np.concatenate(out.rows["y"])
+    q, r = np.linalg.qr(y)
+    cond = np.linalg.cond(r)
+    if cond <= SAFE_COND:
+        b = scipy.linalg.solve_triangular(r, out.sums["w"].T, trans="T")
+    else:
+        logger.info("cond(R) = %.3g > %.3g: one more pass computes Q^T A exactly", cond, SAFE_COND)
+        b = engine.run(passkernels.project, q).sums["b"]
+    return q, b, fro2
+
+
+def _final_block(
+    engine: PassEngine, x: np.ndarray, fro2: float | None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    out = engine.run(passkernels.apply_block, x, fro2 is None)
+    if fro2 is None:
+        fro2 = float(out.sums["fro2"])
+        check_finite(engine, fro2)
+    q = orthonormalize(np.concatenate(out.rows["y"]))
+    b = np.concatenate(engine.run(passkernels.adjoint_block, q).cols["z"]).T
+    return q, b, fro2
+
+
+def range_sketch(
+    engine: PassEngine, width: int, n_power_iter: int, seed: np.random.SeedSequence
+) -> Factors:
+    """Q (m, width) and B = Q^T A in q + 1 passes (q + 2, or 2q + 2 in block layout)."""
+    m, n = engine.tall_shape
+    omega = random.gaussian_rows(seed.entropy, tuple(seed.spawn_key), KEY_OMEGA, n, width, 0, n)
+    x, fro2 = _power_iterations(engine, orthonormalize(omega), n_power_iter)
+    final = _final_panel if engine.layout == "panel" else _final_block
+    q, b, fro2 = final(engine, x, fro2)
+    ub, s, vt = exact.svd(b)
+    return Factors(u=q @ ub, s=s, vt=vt, fro2=fro2)
+
+
+def truncate(f: Factors, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Keep ``rank`` terms; the exact relative error of the truncation."""
+    return f.u[:, :rank], f.s[:rank], f.vt[:rank], relative_error(f.fro2, f.s[:rank])
+
+
+def rank_for_tol(f: Factors, tol: float) -> int | None:
+    """Smallest k whose exact error is <= tol, or None if the sketch cannot reach it."""
+    captured = np.cumsum(f.s**2)
+    errs = (
+        np.sqrt(np.maximum(f.fro2 - captured, 0.0) / f.fro2)
+        if f.fro2 > 0
+        else np.zeros_like(captured)
+    )
+    hits = np.nonzero(errs <= tol)[0]
+    return int(hits[0]) + 1 if hits.size else None

@@ -1,0 +1,83 @@
+"""Single-pass SVD from three sketches (Tropp, Yurtsever, Udell, Cevher 2019).
+
+One pass accumulates, chunk by chunk (any 2-D chunking),
+
+    Y = A Omega (m, k),  X = Upsilon A (k, n),  Z = Phi A Psi^T (s, s),
+    E = Theta A (d, n),  ||A||_F^2,
+
+with Gaussian test matrices made from the seed and the global index. Then
+Q = orth(Y), P = orth(X^T), C = (Phi Q)^+ Z ((Psi P)^+)^T and A ≈ Q C P^T
+(Tropp et al. 2019, Alg. 2, doi:10.1137/18M1201068); the rank-r truncation comes
+from the SVD of C. The error sketch E gives an unbiased estimate of
+||A - Â||_F^2, namely ||E - (Theta Q) C P^T||_F^2 / d (ibid., §6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.stats
+
+from dlowrank.algorithms.common import check_finite, orthonormalize
+from dlowrank.kernels import exact, passkernels, random
+from dlowrank.passes import PassEngine
+
+#: Two-sided confidence of the stated error interval.
+CONFIDENCE = 0.9
+
+
+@dataclass
+class SketchFactors:
+    u: np.ndarray  # (m, r)
+    s: np.ndarray
+    vt: np.ndarray  # (r, n)
+    rel_error: float
+    rel_error_interval: tuple[float, float]
+    fro2: float
+
+
+def _test_times(seed: tuple, key: int, n_rows: int, width: int, basis: np.ndarray) -> np.ndarray:
+    """(Test matrix)^T-free product T^T basis, panel by panel: (width, cols of basis)."""
+    out = np.zeros((width, basis.shape[1]))
+    for start in range(0, n_rows, random.PANEL):
+        stop = min(n_rows, start + random.PANEL)
+        t = random.gaussian_rows(seed[0], seed[1], key, n_rows, width, start, stop)
+        out += t.T @ basis[start:stop]
+    return out
+
+
+def error_interval(estimate: float, d: int) -> tuple[float, float]:
+    """A CONFIDENCE interval for the true error given the estimate from d error sketches.
+
+    ||Theta M||_F^2 / d is a mixture of chi^2_d / d variables weighted by the
+    squared singular values of M; the widest case is a single one, so the
+    chi^2_d quantiles bound the ratio estimate^2 / truth^2 (Tropp et al. 2019, §6.2).
+    """
+    lo_q, hi_q = scipy.stats.chi2.ppf([(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2], d) / d
+    return estimate / np.sqrt(hi_q), estimate / np.sqrt(lo_q)
+
+
+def sketch(
+    engine: PassEngine, rank: int, k: int, s: int, d: int, seed: np.random.SeedSequence
+) -> SketchFactors:
+    """One pass; rank-``rank`` factors with an estimated error and its interval."""
+    m, n = engine.tall_shape
+    key = (seed.entropy, tuple(seed.spawn_key))
+    out = engine.run(passkernels.three_sketch, key, (m, n), k, s, d)
+    fro2 = float(out.sums["fro2"])
+    check_finite(engine, fro2)
+    q = orthonormalize(np.concatenate(out.rows["y"]))
+    x = np.concatenate(out.cols["x"], axis=1)
+    p = orthonormalize(x.T)
+    phi_q = _test_times(key, passkernels.KEY_PHI, m, s, q)  # (s, k)
+    psi_p = _test_times(key, passkernels.KEY_PSI, n, s, p)
+    core = np.linalg.lstsq(phi_q, out.sums["z"], rcond=None)[0]
+    core = np.linalg.lstsq(psi_p, core.T, rcond=None)[0].T  # (k, k)
+    uc, sc, vct = exact.svd(core)
+    u, sv, vt = q @ uc[:, :rank], sc[:rank], (p @ vct[:rank].T).T
+    e = np.concatenate(out.cols["e"], axis=1)
+    theta_q = _test_times(key, passkernels.KEY_THETA, m, d, q)  # (d, k)
+    resid = e - theta_q @ (uc[:, :rank] * sv) @ vt
+    est = float(np.sqrt(np.sum(resid**2) / d / fro2)) if fro2 > 0 else 0.0
+    return SketchFactors(u, sv, vt, est, error_interval(est, d), fro2)

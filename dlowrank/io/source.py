@@ -1,0 +1,102 @@
+"""Where a pass reads A from: its own Zarr chunks, or the blocks of a Dask array.
+
+A :class:`ZarrSource` is small and picklable: a pass's task carries it to a
+worker and reads its own rectangle of A there, so only sketches travel between
+workers, never chunks (ARCHITECTURE.md, "only sketches travel"). Any other
+input is a :class:`DaskSource`, whose blocks dask computes and moves as usual.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from dlowrank.io.matrix import as_dask_matrix, zarr_origin
+
+Rect = tuple[int, int, int, int]  # r0, r1, c0, c1 in A's coordinates
+
+
+@functools.lru_cache(maxsize=32)
+def _open_cached(url: str, options_json: str) -> zarr.Array:
+    options = json.loads(options_json)
+    return zarr.open_array(url, mode="r", **({"storage_options": options} if options else {}))
+
+
+@dataclass(frozen=True)
+class ZarrSource:
+    """A Zarr array that tasks read themselves (by URL, or a picklable ``zarr.Array``)."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+    chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    url: str | None = None
+    storage_options: dict | None = None
+    array: Any = field(default=None, repr=False)
+
+    def read(self, rect: Rect) -> np.ndarray:
+        r0, r1, c0, c1 = rect
+        arr = self.array
+        if arr is None:
+            arr = _open_cached(self.url, json.dumps(self.storage_options or {}, sort_keys=True))
+        return np.asarray(arr[r0:r1, c0:c1], dtype=self.dtype)
+
+
+@dataclass(frozen=True)
+class DaskSource:
+    """Any Dask array: a rectangle is assembled from its (chunk-aligned) blocks."""
+
+    x: da.Array
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.x.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x.dtype
+
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return self.x.chunks
+
+    @functools.cached_property
+    def _blocks(self) -> np.ndarray:
+        return self.x.to_delayed()
+
+    def delayed_block(self, rect: Rect) -> Any:
+        """A Delayed of ``x[r0:r1, c0:c1]``; the rectangle must follow chunk boundaries."""
+        r0, r1, c0, c1 = rect
+        rb = np.cumsum((0,) + self.x.chunks[0])
+        cb = np.cumsum((0,) + self.x.chunks[1])
+        i0, i1 = int(np.searchsorted(rb, r0)), int(np.searchsorted(rb, r1))
+        j0, j1 = int(np.searchsorted(cb, c0)), int(np.searchsorted(cb, c1))
+        grid = self._blocks[i0:i1, j0:j1].tolist()
+        return dask.delayed(np.block)(grid)
+
+
+def as_source(
+    a: Any, *, name: str = "a", storage_options: dict | None = None
+) -> ZarrSource | DaskSource:
+    """Validate ``a`` and choose how passes read it (self-reading whenever it is Zarr)."""
+    if isinstance(a, zarr.Array):
+        x = as_dask_matrix(a, name=name)
+        return ZarrSource(x.shape, x.dtype, x.chunks, array=a)
+    x = as_dask_matrix(a, name=name, storage_options=storage_options)
+    origin = zarr_origin(x)
+    if origin is not None:
+        url, options = origin
+        return ZarrSource(x.shape, x.dtype, x.chunks, url=url, storage_options=options)
+    return DaskSource(x)
+
+
+def describe(a: Any) -> str | None:
+    """The URL of a path-like input, for provenance."""
+    return os.fspath(a) if isinstance(a, (str, os.PathLike)) else None

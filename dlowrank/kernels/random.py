@@ -1,0 +1,53 @@
+"""Chunk-independent random matrices: Gaussian rows addressed by their global index.
+
+A random matrix with ``n_rows`` rows is cut into canonical panels of ``PANEL``
+rows; panel p is drawn from its own ``SeedSequence`` child with spawn key
+``spawn_key + (key, p)``. Any row range can therefore be made alone, on any
+worker, and the same seed gives the same numbers for any chunking of the data
+(ARCHITECTURE.md, "chunk-independent randomness").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PANEL = 4096
+
+
+def child_rng(entropy: int, spawn_key: tuple[int, ...], *key: int) -> np.random.Generator:
+    """The generator addressed by ``spawn_key + key`` under ``entropy``."""
+    return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=spawn_key + key))
+
+
+def gaussian_panel(
+    entropy: int,
+    spawn_key: tuple[int, ...],
+    key: int,
+    n_rows: int,
+    cols: int,
+    panel: int,
+    panel_rows: int = PANEL,
+) -> np.ndarray:
+    """Canonical panel ``panel`` (at most ``panel_rows`` x ``cols``) of N(0, 1) numbers."""
+    rows = min(panel_rows, n_rows - panel * panel_rows)
+    return child_rng(entropy, spawn_key, key, panel).standard_normal((rows, cols))
+
+
+def gaussian_rows(
+    entropy: int,
+    spawn_key: tuple[int, ...],
+    key: int,
+    n_rows: int,
+    cols: int,
+    start: int,
+    stop: int,
+    panel_rows: int = PANEL,
+) -> np.ndarray:
+    """Rows ``start:stop`` of the (n_rows, cols) Gaussian matrix named by ``key``."""
+    first, last = start // panel_rows, (stop - 1) // panel_rows
+    parts = [
+        gaussian_panel(entropy, spawn_key, key, n_rows, cols, p, panel_rows)
+        for p in range(first, last + 1)
+    ]
+    offset = first * panel_rows
+    return np.concatenate(parts, axis=0)[start - offset : stop - offset]
