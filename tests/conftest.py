@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import collections
 import os
+import threading
 
 import numpy as np
 import pytest
+import zarr
+import zarr.storage
 from hypothesis import settings
 
 # Hypothesis: a fixed, modest budget keeps the suite fast and CI deterministic.
@@ -25,3 +29,29 @@ def known_spectrum(
     u, _ = np.linalg.qr(rng.standard_normal((m, k)))
     v, _ = np.linalg.qr(rng.standard_normal((n, k)))
     return ((u * s) @ v.T).astype(dtype)
+
+
+class CountingStore(zarr.storage.WrapperStore):
+    """A real Zarr store that counts reads of each chunk key (metadata keys excluded)."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.reads = collections.Counter()
+        self._lock = threading.Lock()
+
+    def _with_store(self, store):
+        clone = type(self)(store)
+        clone.reads, clone._lock = self.reads, self._lock
+        return clone
+
+    async def get(self, key, prototype, byte_range=None):
+        if not key.endswith((".json", ".zarray", ".zattrs", ".zgroup")):
+            with self._lock:
+                self.reads[key] += 1
+        return await self._store.get(key, prototype, byte_range)
+
+
+def counted_array(path: str) -> tuple[zarr.Array, CountingStore]:
+    """Open a stored array through a :class:`CountingStore`."""
+    store = CountingStore(zarr.storage.LocalStore(path, read_only=True))
+    return zarr.open_array(store=store, mode="r"), store
