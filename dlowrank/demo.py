@@ -23,8 +23,9 @@ def run_demo(url: str, shape: tuple[int, int], rank: int, seed: int) -> dict:
     m, n = shape
     true_rank = min(m, n, 4 * rank)
     start = time.perf_counter()
-    made = generate(url, shape, true_rank, kind="exponential", decay=0.8,
-                    chunks=(max(1, m // 8), n), seed=seed)
+    made = generate(
+        url, shape, true_rank, kind="exponential", decay=0.8, chunks=(max(1, m // 8), n), seed=seed
+    )
     t_gen = time.perf_counter() - start
     result = randomized_svd(url, rank, n_power_iter=2, seed=seed)
     exact = exact_svd(url, rank)
@@ -37,8 +38,9 @@ def run_demo(url: str, shape: tuple[int, int], rank: int, seed: int) -> dict:
     # subspace error shrinks like (s_l / s_rank)^(2q+1) = 0.8^50 ~ 1e-5 per unit of
     # gap, so the checks allow 1e-5 of s_0.
     tol = 1e-5
-    verified = (s_err < tol and sub_err < tol and orth < 1e-12
-                and result.rel_error <= optimum * (1 + tol))
+    verified = (
+        s_err < tol and sub_err < tol and orth < 1e-12 and result.rel_error <= optimum * (1 + tol)
+    )
     lines = [
         f"matrix   {m} x {n} float64 in {url} (generated in {t_gen:.1f} s; known spectrum "
         f"s_i = 0.8**i, rank {true_rank})",
@@ -50,7 +52,14 @@ def run_demo(url: str, shape: tuple[int, int], rank: int, seed: int) -> dict:
         f"{sub_err:.1e}; max |U^T U - I| = {orth:.1e}",
         "verified" if verified else "NOT VERIFIED: the result disagrees with the known answer",
     ]
-    return {"output": url, "rank": rank, "rel_error": result.rel_error,
-            "optimal_rel_error": optimum, "passes": result.passes,
-            "seconds": result.seconds, "algorithm": result.algorithm,
-            "verified": bool(verified), "lines": lines}
+    return {
+        "output": url,
+        "rank": rank,
+        "rel_error": result.rel_error,
+        "optimal_rel_error": optimum,
+        "passes": result.passes,
+        "seconds": result.seconds,
+        "algorithm": result.algorithm,
+        "verified": bool(verified),
+        "lines": lines,
+    }

@@ -1,0 +1,66 @@
+"""A real distributed LocalCluster on 127.0.0.1: same results as threads, out of core."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+import dlowrank
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Per-worker memory limit far below the matrix (see the out-of-core test).
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        memory_limit="300MB",
+        dashboard_address=None,
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """1.2 GB float64 in Zarr: four times one worker's limit, twice both limits together."""
+    path = str(tmp_path_factory.mktemp("ooc") / "big.zarr")
+    made = dlowrank.generate(
+        path, (50_000, 3_000), 60, decay=0.9, noise=1e-5, chunks=(1_000, 3_000), seed=0
+    )
+    assert made.array.nbytes >= 4 * 300e6
+    return path, made
+
+
+def test_out_of_core_svd_on_capped_workers_restarts_no_worker(cluster, big):
+    path, made = big
+    with Client(cluster) as client:
+        before = dict(client.scheduler_info()["workers"])
+        r = dlowrank.randomized_svd(path, 10, seed=1, client=client)
+        s = dlowrank.sketch_svd(path, 10, seed=1, client=client)
+        after = dict(client.scheduler_info()["workers"])
+    # a restarted worker comes back under a new address and id
+    assert sorted(after) == sorted(before)
+    assert [w["id"] for w in after.values()] == [w["id"] for w in before.values()]
+    assert r.passes == 3 and s.passes == 1
+    np.testing.assert_allclose(r.s, made.singular_values[:10], rtol=1e-3)
+    optimum = dlowrank.optimal_error(made.singular_values, 10).rel_frobenius
+    # slow decay (0.9^i) at width 20: q = 2 lands within 2 % of the optimum (measured 1.0 %)
+    assert optimum <= r.rel_error <= 1.02 * optimum
+    assert s.params["rel_error_interval"][0] <= 1.05 * optimum and s.rel_error <= 1.2 * optimum
+
+
+def test_cluster_results_equal_threaded_results(cluster, tmp_path):
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (3_000, 400), 50, noise=1e-3, chunks=(700, 150), seed=2)
+    local_r = dlowrank.randomized_svd(path, 8, seed=3)
+    local_s = dlowrank.sketch_svd(path, 8, seed=3)
+    with Client(cluster) as client:  # the active client is picked up without being passed
+        dist_r = dlowrank.randomized_svd(path, 8, seed=3)
+        dist_s = dlowrank.sketch_svd(dlowrank.open_matrix(path), 8, seed=3, client=client)
+    for a, b in ((local_r, dist_r), (local_s, dist_s)):
+        np.testing.assert_allclose(b.s, a.s, rtol=1e-10)
+        np.testing.assert_allclose(b.to_dense(), a.to_dense(), atol=1e-10 * a.s[0])
+        assert b.rel_error == pytest.approx(a.rel_error, rel=1e-10)
