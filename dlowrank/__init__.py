@@ -26,7 +26,7 @@ from dlowrank.api import (  # noqa: E402
 from dlowrank.generate import TestMatrix, generate, make_matrix  # noqa: E402
 from dlowrank.io.matrix import open_matrix  # noqa: E402
 from dlowrank.results import EighResult, SVDResult, load  # noqa: E402
-from dlowrank.streaming import randomized_svd, sketch_svd  # noqa: E402
+from dlowrank.streaming import nystrom, randomized_svd, sketch_svd  # noqa: E402
 
 __all__ = [
     "EighResult",
@@ -39,6 +39,7 @@ __all__ = [
     "generate",
     "load",
     "make_matrix",
+    "nystrom",
     "open_matrix",
     "optimal_error",
     "randomized_svd",

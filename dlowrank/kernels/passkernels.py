@@ -108,3 +108,11 @@ def three_sketch(block, rows, cols, seed, shape, k, s, d) -> dict:
         theta = _test_rows(seed, KEY_THETA, m, d, rows)
         out["cols"]["e"] = theta.T @ a
     return {"sums": sums, **out}
+
+
+def nystrom_sketch(block, rows, cols, seed, n, k, d) -> dict:
+    """One chunk's share of Y = A Omega (n, k), the error sketch Theta A, and ||A||_F^2."""
+    a = _f64(block)
+    omega = _test_rows(seed, KEY_OMEGA, n, k, cols)
+    theta = _test_rows(seed, KEY_THETA, n, d, rows)
+    return {"sums": {"fro2": fro2(a)}, "rows": {"y": a @ omega}, "cols": {"e": theta.T @ a}}

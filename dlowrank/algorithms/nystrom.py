@@ -1,0 +1,79 @@
+"""Single-pass Nyström approximation of a positive semidefinite matrix.
+
+One pass accumulates Y = A Omega (n, k), an error sketch Theta A and ||A||_F^2.
+Then, with a tiny shift nu for stability (Tropp, Yurtsever, Udell, Cevher 2017,
+*Fixed-rank approximation of a positive-semidefinite matrix from streaming
+data*, NeurIPS, Alg. 3): Y_nu = Y + nu Omega, B = Omega^T Y_nu = C^T C
+(Cholesky), F = Y_nu C^{-1} = U S V^T, and A ≈ U max(S^2 - nu, 0) U^T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from dlowrank.algorithms.common import check_finite
+from dlowrank.algorithms.sketch import error_interval
+from dlowrank.errors import InputError
+from dlowrank.kernels import passkernels, random
+from dlowrank.passes import PassEngine
+
+
+@dataclass
+class NystromFactors:
+    w: np.ndarray  # (rank,) non-negative, non-increasing
+    v: np.ndarray  # (n, rank) orthonormal
+    rel_error: float
+    rel_error_interval: tuple[float, float]
+
+
+def _core(omega: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
+    """B = Omega^T Y, checked symmetric and positive semidefinite (a free test of A)."""
+    b = omega.T @ y
+    norm = max(np.linalg.norm(b), np.finfo(float).tiny)
+    asym = float(np.linalg.norm(b - b.T) / norm)
+    if asym > tol:
+        raise InputError(
+            f"`a` is not symmetric: Omega^T A Omega has relative asymmetry {asym:.3g}"
+            " (Nyström needs a symmetric positive semidefinite matrix)"
+        )
+    lowest = float(np.linalg.eigvalsh((b + b.T) / 2)[0])
+    if lowest < -tol * norm:
+        raise InputError(
+            f"`a` is not positive semidefinite: Omega^T A Omega has the eigenvalue "
+            f"{lowest:.3g}; use randomized_svd(..., symmetric=True)"
+        )
+    return (b + b.T) / 2
+
+
+def nystrom(
+    engine: PassEngine, rank: int, k: int, d: int, seed: np.random.SeedSequence, tol: float
+) -> NystromFactors:
+    """One pass; a rank-``rank`` PSD approximation with an estimated error."""
+    n = engine.tall_shape[0]
+    key = (seed.entropy, tuple(seed.spawn_key))
+    out = engine.run(passkernels.nystrom_sketch, key, n, k, d)
+    fro2 = float(out.sums["fro2"])
+    check_finite(engine, fro2)
+    y = np.concatenate(out.rows["y"])
+    omega = random.gaussian_rows(key[0], key[1], passkernels.KEY_OMEGA, n, k, 0, n)
+    _core(omega, y, tol)
+    nu = np.sqrt(n) * np.finfo(np.float64).eps * np.linalg.norm(y, 2)
+    y_nu = y + nu * omega
+    b = omega.T @ y_nu
+    c = scipy.linalg.cholesky((b + b.T) / 2)
+    f = scipy.linalg.solve_triangular(c, y_nu.T, trans="T").T  # Y_nu C^{-1}
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    w = np.maximum(s[:rank] ** 2 - nu, 0.0)
+    v = u[:, :rank]
+    e = np.concatenate(out.cols["e"], axis=1)
+    theta_v = np.zeros((d, rank))
+    for start in range(0, n, random.PANEL):
+        stop = min(n, start + random.PANEL)
+        theta = random.gaussian_rows(key[0], key[1], passkernels.KEY_THETA, n, d, start, stop)
+        theta_v += theta.T @ v[start:stop]
+    resid = e - (theta_v * w) @ v.T
+    est = float(np.sqrt(np.sum(resid**2) / d / fro2)) if fro2 > 0 else 0.0
+    return NystromFactors(w, v, est, error_interval(est, d))
