@@ -116,3 +116,10 @@ def nystrom_sketch(block, rows, cols, seed, n, k, d) -> dict:
     omega = _test_rows(seed, KEY_OMEGA, n, k, cols)
     theta = _test_rows(seed, KEY_THETA, n, d, rows)
     return {"sums": {"fro2": fro2(a)}, "rows": {"y": a @ omega}, "cols": {"e": theta.T @ a}}
+
+
+def residual(block, rows, cols, u, s, vt) -> dict:
+    """||A_i - U_i S V^T||_F^2 for the row panel (exact: no cancellation) and ||A_i||_F^2."""
+    a = _f64(block)
+    r = a - (u[rows[0] : rows[1]] * s) @ vt[:, cols[0] : cols[1]]
+    return {"sums": {"res2": fro2(r), "fro2": fro2(a)}, "rows": _EMPTY, "cols": _EMPTY}
