@@ -90,8 +90,12 @@ def true_error(url: str, u: np.ndarray, s: np.ndarray, vt: np.ndarray, client: A
     engine = PassEngine(as_source(url), layout="panel", client=client)
     if engine.transpose:
         u, vt = vt.T, u.T
-    out = engine.run(passkernels.residual, np.asarray(u, np.float64), np.asarray(s, np.float64),
-                     np.asarray(vt, np.float64))
+    out = engine.run(
+        passkernels.residual,
+        np.asarray(u, np.float64),
+        np.asarray(s, np.float64),
+        np.asarray(vt, np.float64),
+    )
     return float(np.sqrt(out.sums["res2"] / out.sums["fro2"]))
 
 
@@ -129,8 +133,16 @@ def _scheduler(name: str, workers: int) -> Iterator[Any]:
         return
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -139,8 +151,9 @@ def _methods(url: str, rank: int, p: int, q: int, seed: int, client: Any, sklear
     yield "read pass (dask from_zarr sum)", 1, lambda: (x.sum().compute(), None)[1]
 
     def dask_svd():
-        u, s, v = da.linalg.svd_compressed(x, rank, n_power_iter=q, n_oversamples=p, seed=seed,
-                                           compute=True)
+        u, s, v = da.linalg.svd_compressed(
+            x, rank, n_power_iter=q, n_oversamples=p, seed=seed, compute=True
+        )
         return dask.compute(u, s, v)
 
     yield f"dask svd_compressed q={q}", 2 * q + 2, dask_svd
@@ -165,11 +178,21 @@ def _methods(url: str, rank: int, p: int, q: int, seed: int, client: Any, sklear
     yield f"dlowrank randomized_svd q={q}", None, ours_rsvd
 
 
-def run_bench(url: str | None = None, *, shape: tuple[int, int] = (100_000, 4_000),
-              chunks: tuple[int, int] = (10_000, 2_000), rank: int = 20, n_oversamples: int = 10,
-              n_power_iter: int = 2, seed: int = 0, schedulers: tuple[str, ...] = ("threads", "local"),
-              workers: int = 2, sklearn: bool | None = None, workdir: str | None = None,
-              progress: Callable[[str], None] | None = None) -> list[Row]:
+def run_bench(
+    url: str | None = None,
+    *,
+    shape: tuple[int, int] = (100_000, 4_000),
+    chunks: tuple[int, int] = (10_000, 2_000),
+    rank: int = 20,
+    n_oversamples: int = 10,
+    n_power_iter: int = 2,
+    seed: int = 0,
+    schedulers: tuple[str, ...] = ("threads", "local"),
+    workers: int = 2,
+    sklearn: bool | None = None,
+    workdir: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Row]:
     """Run the comparison; generate the anchor matrix when no ``url`` is given.
 
     ``progress`` receives a line before each step (the CLI prints them to stderr).
@@ -179,8 +202,14 @@ def run_bench(url: str | None = None, *, shape: tuple[int, int] = (100_000, 4_00
         if url is None:
             url = os.path.join(tmp, "a.zarr")
             say(f"generating {shape[0]} x {shape[1]} (recipe of shared/bench/make_matrix.py)")
-            generate(url, shape, min(RECIPE["rank"], min(shape)), chunks=chunks, seed=seed,
-                     **{k: v for k, v in RECIPE.items() if k != "rank"})
+            generate(
+                url,
+                shape,
+                min(RECIPE["rank"], min(shape)),
+                chunks=chunks,
+                seed=seed,
+                **{k: v for k, v in RECIPE.items() if k != "rank"},
+            )
         x = open_matrix(url)
         import zarr
 
@@ -197,8 +226,18 @@ def run_bench(url: str | None = None, *, shape: tuple[int, int] = (100_000, 4_00
         rows = []
         for sched in schedulers:
             with _scheduler(sched, workers) as client:
-                rows += _bench_one(url, sched, rank, n_oversamples, n_power_iter, seed, client,
-                                   sklearn, optimum, say)
+                rows += _bench_one(
+                    url,
+                    sched,
+                    rank,
+                    n_oversamples,
+                    n_power_iter,
+                    seed,
+                    client,
+                    sklearn,
+                    optimum,
+                    say,
+                )
         return rows
 
 
@@ -212,8 +251,18 @@ def _bench_one(url, sched, rank, p, q, seed, client, sklearn, optimum, say) -> l
             u, s, vt = out[:3]
             passes = out[3] if len(out) > 3 else passes
             err = true_error(url, np.asarray(u), np.asarray(s), np.asarray(vt), client)
-        rows.append(Row(sched, name, seconds, passes, peak, added, err,
-                        err / optimum if err is not None and optimum else None))
+        rows.append(
+            Row(
+                sched,
+                name,
+                seconds,
+                passes,
+                peak,
+                added,
+                err,
+                err / optimum if err is not None and optimum else None,
+            )
+        )
     dask_row = next(r for r in rows if r.method.startswith("dask"))
     for r in rows:
         r.speedup_vs_dask = dask_row.seconds / r.seconds
@@ -221,15 +270,19 @@ def _bench_one(url, sched, rank, p, q, seed, client, sklearn, optimum, say) -> l
 
 
 def format_table(rows: list[Row]) -> str:
-    head = (f"{'scheduler':9} {'method':46} {'seconds':>8} {'passes':>6} {'peak MB':>8} "
-            f"{'+MB':>6} "
-            f"{'rel_error':>10} {'/optimal':>8} {'vs dask':>8}")
+    head = (
+        f"{'scheduler':9} {'method':46} {'seconds':>8} {'passes':>6} {'peak MB':>8} "
+        f"{'+MB':>6} "
+        f"{'rel_error':>10} {'/optimal':>8} {'vs dask':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         err = f"{r.rel_error:.6f}" if r.rel_error is not None else "-"
         ratio = f"{r.ratio_to_optimal:.4f}" if r.ratio_to_optimal is not None else "-"
-        lines.append(f"{r.scheduler:9} {r.method:46} {r.seconds:8.2f} {r.passes or '-':>6} "
-                     f"{r.peak_mb:8.0f} {r.added_mb:6.0f} {err:>10} {ratio:>8} {r.speedup_vs_dask:7.2f}x")
+        lines.append(
+            f"{r.scheduler:9} {r.method:46} {r.seconds:8.2f} {r.passes or '-':>6} "
+            f"{r.peak_mb:8.0f} {r.added_mb:6.0f} {err:>10} {ratio:>8} {r.speedup_vs_dask:7.2f}x"
+        )
     return "\n".join(lines)
 
 

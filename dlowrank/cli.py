@@ -238,31 +238,76 @@ def demo(shape: tuple[int, int], rank: int, seed: int, as_json: bool) -> None:
 
 @main.command()
 @click.argument("input", required=False)
-@click.option("--shape", nargs=2, type=int, default=(100_000, 4_000), show_default=True,
-              metavar="M N", help="Size of the generated matrix when no INPUT is given.")
-@click.option("--chunks", nargs=2, type=int, default=(10_000, 2_000), show_default=True,
-              metavar="R C", help="Chunks of the generated matrix.")
+@click.option(
+    "--shape",
+    nargs=2,
+    type=int,
+    default=(100_000, 4_000),
+    show_default=True,
+    metavar="M N",
+    help="Size of the generated matrix when no INPUT is given.",
+)
+@click.option(
+    "--chunks",
+    nargs=2,
+    type=int,
+    default=(10_000, 2_000),
+    show_default=True,
+    metavar="R C",
+    help="Chunks of the generated matrix.",
+)
 @click.option("--rank", type=int, default=20, show_default=True)
 @click.option("--n-oversamples", type=int, default=10, show_default=True)
 @click.option("--n-power-iter", type=int, default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--scheduler", "schedulers", multiple=True, type=click.Choice(["threads", "local"]),
-              default=("threads", "local"), show_default=True,
-              help="Dask's threads and/or a LocalCluster of worker processes (repeatable).")
+@click.option(
+    "--scheduler",
+    "schedulers",
+    multiple=True,
+    type=click.Choice(["threads", "local"]),
+    default=("threads", "local"),
+    show_default=True,
+    help="Dask's threads and/or a LocalCluster of worker processes (repeatable).",
+)
 @click.option("--workers", type=int, default=2, show_default=True, help="LocalCluster workers.")
-@click.option("--sklearn/--no-sklearn", default=None,
-              help="Include scikit-learn (default: when installed and A fits in memory).")
+@click.option(
+    "--sklearn/--no-sklearn",
+    default=None,
+    help="Include scikit-learn (default: when installed and A fits in memory).",
+)
 @click.option("--workdir", default=None, help="Where to generate the matrix (default: temp).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as one JSON line.")
-def bench(input: str | None, shape, chunks, rank, n_oversamples, n_power_iter, seed, schedulers,
-          workers, sklearn, workdir, as_json) -> None:
+def bench(
+    input: str | None,
+    shape,
+    chunks,
+    rank,
+    n_oversamples,
+    n_power_iter,
+    seed,
+    schedulers,
+    workers,
+    sklearn,
+    workdir,
+    as_json,
+) -> None:
     """Compare dlowrank with dask svd_compressed and scikit-learn, side by side."""
     from dlowrank.bench import format_table, rows_to_dicts, run_bench
 
-    rows = run_bench(input, shape=tuple(shape), chunks=tuple(chunks), rank=rank,
-                     n_oversamples=n_oversamples, n_power_iter=n_power_iter, seed=seed,
-                     schedulers=tuple(schedulers), workers=workers, sklearn=sklearn,
-                     workdir=workdir, progress=lambda line: click.echo(line, err=True))
+    rows = run_bench(
+        input,
+        shape=tuple(shape),
+        chunks=tuple(chunks),
+        rank=rank,
+        n_oversamples=n_oversamples,
+        n_power_iter=n_power_iter,
+        seed=seed,
+        schedulers=tuple(schedulers),
+        workers=workers,
+        sklearn=sklearn,
+        workdir=workdir,
+        progress=lambda line: click.echo(line, err=True),
+    )
     if as_json:
         _emit_json({"rows": rows_to_dicts(rows)})
     else:

@@ -239,7 +239,7 @@ def sketch_svd(
     sketch_size: Any = None,
     n_error_sketch: int = 20,
     client: Any = None,
-    layout: str = "auto",
+    layout: str = "block",
     storage_options: dict | None = None,
 ) -> SVDResult:
     """Single-pass SVD from three sketches, with an estimated error and its confidence.
@@ -258,6 +258,12 @@ def sketch_svd(
         min(m, n).
     n_error_sketch : int, default 20
         d >= 1 rows of the independent error sketch Theta A.
+    layout : {"block", "panel", "auto"}
+        "block" (default): one task per chunk, the least memory, since every
+        sketch is a sum of per-chunk terms; "panel" groups chunk rows.
+    layout : {"block", "panel", "auto"}
+        "block" (default): one task per chunk, the least memory, since every
+        sketch is a sum of per-chunk terms; "panel" groups chunk rows.
 
     Returns
     -------
@@ -332,7 +338,7 @@ def nystrom(
     sketch_size: int | None = None,
     n_error_sketch: int = 20,
     client: Any = None,
-    layout: str = "auto",
+    layout: str = "block",
     storage_options: dict | None = None,
 ) -> EighResult:
     """Single-pass Nyström eigen-decomposition of a symmetric positive semidefinite matrix.
@@ -348,6 +354,10 @@ def nystrom(
         k in [rank, n]; default min(2 rank + 10, n).
     n_error_sketch : int, default 20
         Rows d of the error sketch.
+    layout : {"block", "panel", "auto"}
+        One task per chunk by default (see :func:`sketch_svd`).
+    layout : {"block", "panel", "auto"}
+        One task per chunk by default (see :func:`sketch_svd`).
 
     Returns
     -------

@@ -42,11 +42,23 @@ class ZarrSource:
     array: Any = field(default=None, repr=False)
 
     def read(self, rect: Rect) -> np.ndarray:
+        """``A[r0:r1, c0:c1]`` in the compute dtype, one chunk column at a time.
+
+        Reading a whole panel at once lets zarr decode all its chunks concurrently,
+        holding every compressed and decoded chunk besides the output (about 3x the
+        panel, measured); column by column the extra memory is one chunk column.
+        """
         r0, r1, c0, c1 = rect
         arr = self.array
         if arr is None:
             arr = _open_cached(self.url, json.dumps(self.storage_options or {}, sort_keys=True))
-        return np.asarray(arr[r0:r1, c0:c1], dtype=self.dtype)
+        out = np.empty((r1 - r0, c1 - c0), dtype=self.dtype)
+        edges = np.cumsum((0,) + self.chunks[1])
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            lo, hi = max(a, c0), min(b, c1)
+            if lo < hi:
+                out[:, lo - c0 : hi - c0] = arr[r0:r1, lo:hi]
+        return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,73 @@
+"""The benchmark command runs every method at a tiny size and reports honest numbers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import dlowrank
+from dlowrank.bench import optimal_error, run_bench, true_error
+from dlowrank.cli import main
+
+
+def test_true_error_is_the_residual_norm(tmp_path):
+    path = str(tmp_path / "a.zarr")
+    t = dlowrank.generate(path, (120, 300), 20, noise=0.01, chunks=(50, 70), seed=0)
+    a = t.array.compute()
+    rng = np.random.default_rng(1)
+    u, s, vt = rng.standard_normal((120, 3)), rng.random(3), rng.standard_normal((3, 300))
+    expected = np.linalg.norm(a - (u * s) @ vt) / np.linalg.norm(a)
+    assert true_error(path, u, s, vt, None) == pytest.approx(expected, rel=1e-12)
+
+
+def test_optimal_error_from_the_stored_spectrum_is_exact_without_noise():
+    s = 0.9 ** np.arange(30)
+    attrs = {"singular_values": s.tolist(), "noise": 0.0}
+    assert optimal_error(attrs, (100, 50), 5) == pytest.approx(
+        dlowrank.optimal_error(s, 5).rel_frobenius, rel=1e-14
+    )
+    assert optimal_error({}, (100, 50), 5) is None
+
+
+def test_bench_rows_on_threads():
+    rows = run_bench(
+        shape=(4000, 400), chunks=(1000, 400), rank=20, schedulers=("threads",), sklearn=True
+    )
+    by = {r.method.split(" ")[0] + " " + r.method.split(" ")[1]: r for r in rows}
+    assert [r.scheduler for r in rows] == ["threads"] * 5
+    assert by["dask svd_compressed"].passes == 6
+    assert by["dlowrank randomized_svd"].passes == 3
+    assert by["dlowrank sketch_svd"].passes == 1
+    for key in ("dask svd_compressed", "scikit-learn randomized_svd", "dlowrank randomized_svd"):
+        assert 1.0 <= by[key].ratio_to_optimal <= 1.01  # q = 2: near optimal (measured ~1.001)
+    assert 1.0 <= by["dlowrank sketch_svd"].ratio_to_optimal <= 1.05
+    assert all(r.seconds > 0 and r.peak_mb > 0 for r in rows)
+    assert by["dask svd_compressed"].speedup_vs_dask == 1.0
+
+
+def test_bench_command_prints_json():
+    res = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--shape",
+            "2000",
+            "200",
+            "--chunks",
+            "500",
+            "200",
+            "--rank",
+            "5",
+            "--scheduler",
+            "threads",
+            "--no-sklearn",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    line = [ln for ln in res.output.splitlines() if ln.startswith("{")][-1]
+    rows = json.loads(line)["rows"]
+    assert [r["method"].split(" ")[0] for r in rows] == ["read", "dask", "dlowrank", "dlowrank"]
