@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ import dask
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from dlowrank.errors import DlowrankWarning
 from dlowrank.io.source import DaskSource, Rect, ZarrSource
 
 logger = logging.getLogger(__name__)
@@ -126,13 +128,13 @@ class PassEngine:
             widest = max(self.tall_chunks[0]) * band_bytes
             self.layout = "panel" if widest <= self.max_panel_bytes else "block"
             if self.layout == "block":
-                logger.warning(
-                    "a row panel of %d x %d needs %.2f GiB, above the %.2f GiB budget: working "
-                    "chunk by chunk, which needs two passes per power iteration",
-                    max(self.tall_chunks[0]),
-                    self.tall_shape[1],
-                    widest / 2**30,
-                    self.max_panel_bytes / 2**30,
+                warnings.warn(
+                    f"a row panel of {max(self.tall_chunks[0])} x {self.tall_shape[1]} needs "
+                    f"{widest / 2**30:.2f} GiB, above the {self.max_panel_bytes / 2**30:.2f} GiB "
+                    "budget: working chunk by chunk, which costs two passes per power "
+                    "iteration; store A with fewer rows per chunk to avoid this",
+                    DlowrankWarning,
+                    stacklevel=4,
                 )
         if self.layout == "panel":
             self.row_ranges = _bands(self.tall_chunks[0], band_bytes, self.panel_bytes)

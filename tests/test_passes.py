@@ -72,3 +72,15 @@ def test_open_matrix_arrays_are_read_by_the_tasks_themselves(stored):
 
     assert isinstance(as_source(dlowrank.open_matrix(stored)), ZarrSource)
     assert not isinstance(as_source(dlowrank.open_matrix(stored) * 2), ZarrSource)
+
+
+def test_engine_works_chunk_by_chunk_with_a_warning_when_a_panel_exceeds_the_budget(stored):
+    from dlowrank.errors import DlowrankWarning
+    from dlowrank.io.source import as_source
+    from dlowrank.passes import PassEngine
+
+    with pytest.warns(DlowrankWarning, match="row panel of 100 x 150 needs .* two passes per"):
+        engine = PassEngine(as_source(stored), max_panel_bytes=1000)
+    assert engine.layout == "block"
+    assert len(engine.row_ranges) == 6 and len(engine.col_ranges) == 3
+    assert PassEngine(as_source(stored)).layout == "panel"
