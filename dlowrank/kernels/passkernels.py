@@ -88,26 +88,26 @@ def _test_rows(seed: tuple, key: int, n_rows: int, width: int, span: tuple[int, 
     return random.gaussian_rows(entropy, spawn_key, key, n_rows, width, *span)
 
 
-def three_sketch(block, rows, cols, seed, shape, k, s, d) -> dict:
+def three_sketch(block, rows, cols, seed, m, right, k, d) -> dict:
     """One chunk's share of the sketches Y = A Omega, X = Upsilon A, Z = Phi A Psi^T,
     the error sketch E = Theta A, and ||A||_F^2.
 
-    The test matrices are generated here from the seed and the chunk's global
-    index range, so nothing but sketches travels and the result does not depend
-    on the chunking.
+    ``right`` = [Omega | Psi^T] (n, k + s) is shared by all tasks; the m-sized test
+    matrices Upsilon, Phi, Theta are generated here from the seed and the chunk's
+    global row range. Either way the numbers depend on the global index only, so
+    the result does not depend on the chunking, and nothing but sketches travels.
     """
-    m, n = shape
     a = _f64(block)
-    omega = _test_rows(seed, KEY_OMEGA, n, k, cols)  # rows of Omega (n, k) for these columns
-    upsilon = _test_rows(seed, KEY_UPSILON, m, k, rows)  # columns of Upsilon (k, m), transposed
+    s = right.shape[1] - k
+    left = _test_rows(seed, KEY_UPSILON, m, k + d, rows)  # [Upsilon^T | Theta^T] rows
     phi = _test_rows(seed, KEY_PHI, m, s, rows)
-    psi = _test_rows(seed, KEY_PSI, n, s, cols)
-    sums = {"z": phi.T @ (a @ psi), "fro2": fro2(a)}
-    out = {"rows": {"y": a @ omega}, "cols": {"x": upsilon.T @ a}}
+    ar = a @ right[cols[0] : cols[1]]  # one GEMM for Y and A Psi^T
+    la = left.T @ a  # one GEMM for X and E
+    sums = {"z": phi.T @ ar[:, k:], "fro2": fro2(a)}
+    out_cols = {"x": la[:k]}
     if d:
-        theta = _test_rows(seed, KEY_THETA, m, d, rows)
-        out["cols"]["e"] = theta.T @ a
-    return {"sums": sums, **out}
+        out_cols["e"] = la[k:]
+    return {"sums": sums, "rows": {"y": ar[:, :k]}, "cols": out_cols}
 
 
 def nystrom_sketch(block, rows, cols, seed, n, k, d) -> dict:
