@@ -1,6 +1,7 @@
 """The ``dlowrank`` command line: argument parsing, exit codes, logging; no numerics.
 
-Exit codes: 0 success, 1 unexpected failure, 2 bad usage, parameters or input.
+Exit codes: 0 done (or already done), 2 invalid input, parameters or job, 3 tolerance
+not met, 4 storage or cluster failure, 130 interrupted (1: a bug; please report it).
 """
 
 from __future__ import annotations
@@ -17,29 +18,73 @@ import click
 import numpy as np
 
 import dlowrank
-from dlowrank.errors import DlowrankError
 from dlowrank.kernels.testmatrix import KINDS
 
 logger = logging.getLogger("dlowrank")
 
 
+EXIT_INVALID, EXIT_TOLERANCE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 3, 4, 130
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """The documented exit code for an exception, or None for a bug (traceback)."""
+    from dlowrank import errors
+
+    if isinstance(exc, errors.ToleranceError):
+        return EXIT_TOLERANCE
+    if isinstance(
+        exc,
+        (
+            errors.ParameterError,
+            errors.InputError,
+            errors.CheckpointError,
+            errors.OutputExistsError,
+            errors.StoreNotFoundError,
+        ),
+    ):
+        return EXIT_INVALID
+    if isinstance(exc, (errors.ResultError, OSError, TimeoutError)):
+        return EXIT_FAILURE
+    try:
+        from distributed.comm.core import CommClosedError
+        from distributed.scheduler import KilledWorker
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    return EXIT_FAILURE if isinstance(exc, (CommClosedError, KilledWorker)) else None
+
+
 class _Group(click.Group):
-    """Turn dlowrank's own errors into one clear line and exit code 2."""
+    """Turn expected failures into one clear line and the documented exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except DlowrankError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except Exception as exc:
+            code = _exit_code(exc)
+            if code is None:
+                raise
+            kind = "storage or cluster failure: " if code == EXIT_FAILURE else ""
+            click.echo(f"error: {kind}{' '.join(str(exc).split())}", err=True)
+            ctx.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(dlowrank.__version__, prog_name="dlowrank")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Log level (overrides -v).",
+)
+def main(verbose: int, log_level: str | None) -> None:
     """Low-rank approximation of matrices larger than memory (Zarr + Dask)."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    if log_level:
+        level = getattr(logging, log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # distributed sets its own loggers to INFO; a batch tool's terminal stays quiet
     for name in ("distributed", "bokeh", "tornado"):
@@ -312,3 +357,145 @@ def bench(
         _emit_json({"rows": rows_to_dicts(rows)})
     else:
         click.echo(format_table(rows))
+
+
+class _Reporter:
+    """Pass progress: a bar per pass on a terminal, plain log lines otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.bar = None
+
+    def __call__(self, ev: Any) -> None:
+        if self.quiet:
+            return
+        if ev.stage == "start" and self.tty:
+            self.bar = click.progressbar(length=ev.total, label=f"pass {ev.index}", file=sys.stderr)
+            self.bar.__enter__()
+        elif ev.stage == "piece" and self.bar is not None:
+            self.bar.update(1)
+        elif ev.stage == "done":
+            if self.bar is not None:
+                self.bar.__exit__(None, None, None)
+                self.bar = None
+            stamp = time.strftime("%H:%M:%S")
+            if ev.restored:
+                click.echo(
+                    f"{stamp} pass {ev.index}: restored from the checkpoint (resumed)", err=True
+                )
+            else:
+                rate = ev.nbytes / 1e6 / ev.seconds if ev.seconds else 0.0
+                click.echo(
+                    f"{stamp} pass {ev.index} done: {ev.seconds:.1f} s, {rate:.0f} MB/s", err=True
+                )
+
+
+def _peak_memory_mb() -> float:
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) / 1024
+
+
+def _run_and_report(cfg: Any, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    from dlowrank.jobs import run_job
+
+    start = time.perf_counter()
+    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    outcome = run_job(cfg, dry_run=dry_run, progress=_Reporter(quiet), say=say)
+    summary = {
+        "status": outcome.status,
+        "command": cfg.command,
+        **outcome.summary,
+        "seconds": time.perf_counter() - start,
+        "peak_memory_mb": _peak_memory_mb(),
+    }
+    if as_json:
+        _emit_json({k: v for k, v in summary.items() if k != "singular_values"})
+        return
+    if outcome.status == "validated":
+        click.echo(
+            f"valid: {cfg.command} on {cfg.input} ({summary['shape'][0]} x "
+            f"{summary['shape'][1]} {summary['dtype']})"
+        )
+    elif outcome.status == "already done":
+        click.echo(f"already done: {cfg.out}")
+    else:
+        s = outcome.summary
+        if cfg.command == "spectrum":
+            click.echo(s["message"])
+            if s.get("plot"):
+                click.echo(f"plot: {s['plot']}")
+        restored = f", {s['restored_passes']} restored" if s.get("restored_passes") else ""
+        where = f"wrote {s['output']}: " if s.get("output") else ""
+        click.echo(
+            f"{where}rank {s['rank']}, relative error {s['rel_error']:.6g} "
+            f"({s.get('error_kind', 'exact')}), {s['passes']} passes{restored}, "
+            f"{summary['seconds']:.1f} s"
+        )
+
+
+def _click_option(opt: Any) -> click.Option:
+    from dlowrank.jobs import Option
+
+    assert isinstance(opt, Option)
+    if opt.type is bool:
+        return click.Option([opt.flag], is_flag=True, default=False, help=opt.help)
+    kind = {int: int, float: float, str: str, dict: str}[opt.type]
+    return click.Option(
+        [opt.flag],
+        type=kind,
+        default=opt.default,
+        help=opt.help,
+        show_default=opt.default is not None,
+    )
+
+
+def _job_command(name: str, doc: str) -> click.Command:
+    from dlowrank.jobs import COMMANDS, JobConfig
+
+    def callback(
+        input: str, out: str | None, dry_run: bool, as_json: bool, quiet: bool, **options: Any
+    ) -> None:
+        cfg = JobConfig.from_dict({"command": name, "input": input, "out": out, **options})
+        _run_and_report(cfg, dry_run, as_json, quiet)
+
+    params = [
+        click.Argument(["input"]),
+        click.Option(["--out"], default=None, help="Where the result goes (path or URL)."),
+        click.Option(["--dry-run"], is_flag=True, help="Validate the job and the input only."),
+        click.Option(["--json", "as_json"], is_flag=True, help="Print a one-line JSON summary."),
+        click.Option(["--quiet", "-q"], is_flag=True, help="No progress output."),
+        *[_click_option(o) for o in COMMANDS[name]],
+    ]
+    return click.Command(name, callback=callback, params=params, help=doc)
+
+
+main.add_command(
+    _job_command(
+        "svd",
+        "Truncated SVD of INPUT: multi-pass randomized (default) or "
+        "single pass (--passes 1); result at --out.",
+    )
+)
+main.add_command(
+    _job_command(
+        "spectrum",
+        "Top singular values of INPUT, how fast they decay, "
+        "and optionally a plot (--plot FILE.png).",
+    )
+)
+
+
+@main.command()
+@click.argument("job_file")
+@click.option("--dry-run", is_flag=True, help="Validate the job file and the input only.")
+@click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def run(job_file: str, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    """Run the job described in JOB_FILE (YAML or TOML); keys are the flags' names."""
+    from dlowrank.jobs import load_job_file
+
+    _run_and_report(load_job_file(job_file), dry_run, as_json, quiet)

@@ -41,3 +41,7 @@ class DlowrankWarning(UserWarning):
 
 class ToleranceError(DlowrankError, ValueError):
     """The requested precision cannot be reached within the allowed rank."""
+
+
+class CheckpointError(DlowrankError, ValueError):
+    """A checkpoint belongs to another input or other parameters."""

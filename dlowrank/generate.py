@@ -15,6 +15,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+from dask.base import tokenize
 
 from dlowrank.errors import ParameterError
 from dlowrank.io.matrix import open_matrix
@@ -62,7 +63,7 @@ class TestMatrix:
             "decay": s.decay,
             "scale": s.scale,
             "noise": s.noise,
-            "seed": s.entropy,
+            "seed": s.entropy if isinstance(s.entropy, int) else list(s.entropy),
             "spawn_key": list(s.spawn_key),
             "dtype": str(self.array.dtype),
             "singular_values": self.singular_values.tolist(),
@@ -107,8 +108,13 @@ def _parse_spec(
         raise ParameterError("`noise` must be > 0 for kind lowrank-noise (or use kind flat)")
     seq = parse_seed(seed)
     return testmatrix.TestMatrixSpec(
-        (m, n), k, kind, decay, scale, noise, int(seq.entropy), tuple(seq.spawn_key)
+        (m, n), k, kind, decay, scale, noise, _entropy(seq), tuple(seq.spawn_key)
     )
+
+
+def _entropy(seq: np.random.SeedSequence) -> int | tuple[int, ...]:
+    e = seq.entropy
+    return int(e) if isinstance(e, (int, np.integer)) else tuple(int(v) for v in e)
 
 
 def _parse_chunks(chunks: Any, shape: tuple[int, int], dtype: np.dtype) -> tuple:
@@ -136,7 +142,8 @@ def _lazy(spec: testmatrix.TestMatrixSpec, chunks: tuple, dtype: np.dtype) -> da
         chunks=chunks,
         dtype=dtype,
         meta=np.empty((0, 0), dtype=dtype),
-        name=f"dlowrank-testmatrix-{spec.entropy}-{spec.kind}",
+        # the name must identify every input of the numbers, or dask would mix matrices
+        name="dlowrank-testmatrix-" + tokenize(spec, chunks, str(dtype)),
     )
 
 
@@ -232,8 +239,16 @@ def generate(
 
     def write(tmp: str) -> None:
         made.array.to_zarr(tmp, **kwargs)
-        zarr.open_array(tmp, mode="r+", **kwargs).attrs["dlowrank"] = attrs
 
-    publish(url, write, overwrite=overwrite, storage_options=storage_options)
+    def mark_complete(final: str) -> None:
+        zarr.open_array(final, mode="r+", **kwargs).attrs["dlowrank"] = attrs
+
+    publish(
+        url,
+        write,
+        overwrite=overwrite,
+        storage_options=storage_options,
+        mark_complete=mark_complete,
+    )
     logger.info("generated %s: %s %s", url, made.spec.shape, made.array.dtype)
     return TestMatrix(open_matrix(url, storage_options=storage_options), made.spec)

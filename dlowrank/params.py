@@ -24,10 +24,14 @@ def parse_int(value: Any, name: str, low: int, high: int | None = None) -> int:
     return int(value)
 
 
-def parse_rank(rank: Any, shape: tuple[int, int], name: str = "rank") -> int:
-    """``rank`` in [1, min(shape)]; None means min(shape)."""
+def parse_rank(
+    rank: Any, shape: tuple[int, int], name: str = "rank", *, required: bool = False
+) -> int:
+    """``rank`` in [1, min(shape)]; None means min(shape) unless ``required``."""
     high = int(min(shape))
     if rank is None:
+        if required:
+            raise ParameterError(f"`{name}` is required: an integer in [1, {high}]")
         return high
     if isinstance(rank, numbers.Integral) and not isinstance(rank, bool) and not 1 <= rank <= high:
         raise ParameterError(
@@ -59,11 +63,14 @@ def parse_float(
 
 
 def parse_seed(seed: Any) -> np.random.SeedSequence:
-    """``seed`` as a SeedSequence: an int >= 0, a SeedSequence, or None (fresh entropy)."""
+    """``seed`` as a SeedSequence: an int >= 0, a SeedSequence, None (fresh entropy), or
+    the dict :func:`seed_record` stores with a result (to replay it)."""
     if isinstance(seed, np.random.SeedSequence):
         return seed
     if seed is None:
         return np.random.SeedSequence()
+    if isinstance(seed, dict) and "entropy" in seed:
+        return np.random.SeedSequence(seed["entropy"], spawn_key=tuple(seed.get("spawn_key", ())))
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ParameterError(
             "`seed` must be a non-negative integer, a numpy.random.SeedSequence "
@@ -88,3 +95,17 @@ def parse_dtype(value: Any, name: str = "dtype") -> np.dtype:
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ParameterError(f"`{name}` must be float32 or float64; got {value!r}")
     return dtype
+
+
+def seed_record(seq: np.random.SeedSequence) -> int | dict:
+    """What a result stores to replay its randomness: the int seed when that is all
+    there is, else ``{"entropy": ..., "spawn_key": [...]}`` (accepted by parse_seed)."""
+    entropy = seq.entropy
+    entropy = (
+        [int(e) for e in entropy]
+        if isinstance(entropy, (list, tuple, np.ndarray))
+        else int(entropy)
+    )
+    if isinstance(entropy, int) and not seq.spawn_key:
+        return entropy
+    return {"entropy": entropy, "spawn_key": [int(k) for k in seq.spawn_key]}

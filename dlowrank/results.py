@@ -41,9 +41,10 @@ class _Provenance:
     passes: int
     algorithm: str
     params: dict = field(default_factory=dict)
-    seed: int | None = None
+    seed: int | dict | None = None  # parse_seed(seed) replays it
     input: dict = field(default_factory=dict)
     seconds: float = 0.0
+    restored_passes: int = 0  # passes taken from a checkpoint of an earlier run
     version: str = field(default_factory=_version)
     created: str = field(default_factory=_now)
 
@@ -77,9 +78,19 @@ class _Provenance:
             group = zarr.open_group(tmp, mode="w", **kwargs)
             for name in self._arrays:
                 group.create_array(name, data=np.ascontiguousarray(getattr(self, name)))
+            group.attrs["dlowrank"] = self.to_dict()
+
+        def mark_complete(final: str) -> None:
+            group = zarr.open_group(final, mode="r+", **kwargs)
             group.attrs["dlowrank"] = {**self.to_dict(), "complete": True}
 
-        publish(url, write, overwrite=overwrite, storage_options=storage_options)
+        publish(
+            url,
+            write,
+            overwrite=overwrite,
+            storage_options=storage_options,
+            mark_complete=mark_complete,
+        )
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,17 @@ from dlowrank.algorithms import rsvd as _rsvd
 from dlowrank.algorithms import sketch as _sketch
 from dlowrank.algorithms.common import relative_error
 from dlowrank.errors import InputError, ParameterError, ToleranceError
+from dlowrank.io.checkpoint import Checkpoint, fingerprint
 from dlowrank.io.source import as_source, describe
 from dlowrank.kernels import exact
-from dlowrank.params import parse_choice, parse_float, parse_int, parse_rank, parse_seed
+from dlowrank.params import (
+    parse_choice,
+    parse_float,
+    parse_int,
+    parse_rank,
+    parse_seed,
+    seed_record,
+)
 from dlowrank.passes import PassEngine
 from dlowrank.results import EighResult, SVDResult
 
@@ -29,9 +37,36 @@ logger = logging.getLogger(__name__)
 MAX_RANK_DEFAULT = 512
 
 
-def _engine(a: Any, layout: str, client: Any, storage_options: dict | None) -> PassEngine:
+def _engine(
+    a: Any, layout: str, client: Any, storage_options: dict | None, progress: Any = None
+) -> PassEngine:
     layout = parse_choice(layout, "layout", ("auto", "panel", "block"))
-    return PassEngine(as_source(a, storage_options=storage_options), layout=layout, client=client)
+    return PassEngine(
+        as_source(a, storage_options=storage_options),
+        layout=layout,
+        client=client,
+        progress=progress,
+    )
+
+
+def _attach_checkpoint(
+    engine: PassEngine, checkpoint: Any, algorithm: str, params: dict, seed: np.random.SeedSequence
+) -> None:
+    """Resume from (and save to) ``checkpoint``: a URL, a Checkpoint, or None."""
+    if checkpoint is None:
+        return
+    if not isinstance(checkpoint, Checkpoint):
+        meta = {
+            "algorithm": algorithm,
+            "input_fingerprint": fingerprint(engine.source),
+            "params": params,
+            "seed": seed_record(seed),
+        }
+        checkpoint = Checkpoint(checkpoint, meta)
+    done = checkpoint.open()
+    if done:
+        logger.info("resuming from %s: %d completed pass(es)", checkpoint.url, done)
+    engine.checkpoint = checkpoint
 
 
 def _input_info(engine: PassEngine, a: Any) -> dict:
@@ -86,6 +121,8 @@ def randomized_svd(
     client: Any = None,
     layout: str = "auto",
     storage_options: dict | None = None,
+    checkpoint: Any = None,
+    progress: Any = None,
 ) -> SVDResult | EighResult:
     """Randomized SVD with power iterations, in q + 1 passes over ``a``.
 
@@ -117,6 +154,13 @@ def randomized_svd(
     layout : {"auto", "panel", "block"}
         "panel" reads whole row panels (q + 1 passes); "block" reads chunk by chunk
         (2q + 2 passes), chosen automatically when a panel exceeds 1 GiB.
+    checkpoint : str or Checkpoint, optional
+        A folder (path or URL) where each pass's output is saved. Run again with
+        the same input and parameters, the computation restores the completed
+        passes instead of reading A again (a killed job resumes); a checkpoint of
+        another input or other parameters is refused. Not removed on success.
+    progress : callable, optional
+        Receives a :class:`dlowrank.passes.PassEvent` as passes start, progress and end.
 
     Returns
     -------
@@ -130,7 +174,10 @@ def randomized_svd(
     Notes
     -----
     Halko, Martinsson, Tropp 2011, *Finding structure with randomness*,
-    doi:10.1137/090771806, Alg. 4.4 with the A^T A product fused per row panel.
+    doi:10.1137/090771806: randomized subspace iteration with the A^T A product
+    fused per row panel and orthonormalized after each A^T A (between Alg. 4.3 and
+    4.4: directions below about sqrt(eps) sigma_1 are not resolved, which does not
+    matter for the error).
     The last pass also accumulates W = A^T Y; with Y = QR, Q^T A = R^{-T} W^T
     (no extra pass). That product amplifies rounding by cond(R), so it is used
     only when cond(R) <= eps^{-1/2} ~ 6.7e7 (error <= 1.5e-8 ||A||); otherwise
@@ -145,7 +192,7 @@ def randomized_svd(
     (3, True)
     """
     start = time.perf_counter()
-    engine = _engine(a, layout, client, storage_options)
+    engine = _engine(a, layout, client, storage_options, progress)
     shape = engine.source.shape
     rank, tol, max_rank = _parse_rank_or_tol(rank, tol, max_rank, shape)
     q = parse_int(n_power_iter, "n_power_iter", 0)
@@ -153,6 +200,21 @@ def randomized_svd(
     if symmetric and shape[0] != shape[1]:
         raise InputError(f"`symmetric=True` needs a square matrix; got shape {tuple(shape)}")
     seq = parse_seed(seed)
+    _attach_checkpoint(
+        engine,
+        checkpoint,
+        "randomized_svd",
+        {
+            "rank": rank,
+            "tol": tol,
+            "max_rank": max_rank,
+            "n_power_iter": q,
+            "n_oversamples": p,
+            "symmetric": bool(symmetric),
+            "layout": engine.layout,
+        },
+        seq,
+    )
     if tol is None:
         factors = _rsvd.range_sketch(engine, min(rank + p, min(shape)), q, seq)
     else:
@@ -168,8 +230,9 @@ def randomized_svd(
     }
     prov = {
         "passes": engine.passes,
+        "restored_passes": engine.restored,
         "params": params,
-        "seed": int(seq.entropy),
+        "seed": seed_record(seq),
         "input": _input_info(engine, a),
         "error_kind": "exact",
     }
@@ -241,6 +304,8 @@ def sketch_svd(
     client: Any = None,
     layout: str = "block",
     storage_options: dict | None = None,
+    checkpoint: Any = None,
+    progress: Any = None,
 ) -> SVDResult:
     """Single-pass SVD from three sketches, with an estimated error and its confidence.
 
@@ -261,9 +326,8 @@ def sketch_svd(
     layout : {"block", "panel", "auto"}
         "block" (default): one task per chunk, the least memory, since every
         sketch is a sum of per-chunk terms; "panel" groups chunk rows.
-    layout : {"block", "panel", "auto"}
-        "block" (default): one task per chunk, the least memory, since every
-        sketch is a sum of per-chunk terms; "panel" groups chunk rows.
+    checkpoint, progress
+        As in :func:`randomized_svd`.
 
     Returns
     -------
@@ -287,12 +351,19 @@ def sketch_svd(
     (1, True)
     """
     start = time.perf_counter()
-    engine = _engine(a, layout, client, storage_options)
+    engine = _engine(a, layout, client, storage_options, progress)
     shape = engine.source.shape
-    rank = parse_rank(rank, shape)
+    rank = parse_rank(rank, shape, required=True)
     k, s = _parse_sketch_size(sketch_size, rank, min(shape))
     d = parse_int(n_error_sketch, "n_error_sketch", 1)
     seq = parse_seed(seed)
+    _attach_checkpoint(
+        engine,
+        checkpoint,
+        "sketch_svd",
+        {"rank": rank, "sketch_size": [k, s], "n_error_sketch": d, "layout": engine.layout},
+        seq,
+    )
     f = _sketch.sketch(engine, rank, k, s, d, seq)
     u, sv, vt = _orient(engine, f.u, f.s, f.vt, engine.source.dtype)
     params = {
@@ -310,9 +381,10 @@ def sketch_svd(
         rel_error=f.rel_error,
         error_kind="estimated",
         passes=engine.passes,
+        restored_passes=engine.restored,
         algorithm="sketch_svd",
         params=params,
-        seed=int(seq.entropy),
+        seed=seed_record(seq),
         input=_input_info(engine, a),
         seconds=time.perf_counter() - start,
     )
@@ -340,6 +412,8 @@ def nystrom(
     client: Any = None,
     layout: str = "block",
     storage_options: dict | None = None,
+    checkpoint: Any = None,
+    progress: Any = None,
 ) -> EighResult:
     """Single-pass Nyström eigen-decomposition of a symmetric positive semidefinite matrix.
 
@@ -356,8 +430,8 @@ def nystrom(
         Rows d of the error sketch.
     layout : {"block", "panel", "auto"}
         One task per chunk by default (see :func:`sketch_svd`).
-    layout : {"block", "panel", "auto"}
-        One task per chunk by default (see :func:`sketch_svd`).
+    checkpoint, progress
+        As in :func:`randomized_svd`.
 
     Returns
     -------
@@ -380,11 +454,11 @@ def nystrom(
     (1, True)
     """
     start = time.perf_counter()
-    engine = _engine(a, layout, client, storage_options)
+    engine = _engine(a, layout, client, storage_options, progress)
     shape = engine.source.shape
     if shape[0] != shape[1]:
         raise InputError(f"nystrom needs a square matrix; got shape {tuple(shape)}")
-    rank = parse_rank(rank, shape)
+    rank = parse_rank(rank, shape, required=True)
     k = (
         min(2 * rank + 10, shape[0])
         if sketch_size is None
@@ -392,8 +466,15 @@ def nystrom(
     )
     d = parse_int(n_error_sketch, "n_error_sketch", 1)
     seq = parse_seed(seed)
+    _attach_checkpoint(
+        engine,
+        checkpoint,
+        "nystrom",
+        {"rank": rank, "sketch_size": k, "n_error_sketch": d, "layout": engine.layout},
+        seq,
+    )
     dtype = engine.source.dtype
-    f = _nystrom.nystrom(engine, rank, k, d, seq, 1e3 * np.finfo(dtype).eps)
+    f = _nystrom.nystrom(engine, rank, k, d, seq, 1e3 * float(np.finfo(dtype).eps))
     v, _ = exact.sign_flip(f.v)
     params = {
         "rank": rank,
@@ -409,9 +490,10 @@ def nystrom(
         rel_error=f.rel_error,
         error_kind="estimated",
         passes=engine.passes,
+        restored_passes=engine.restored,
         algorithm="nystrom",
         params=params,
-        seed=int(seq.entropy),
+        seed=seed_record(seq),
         input=_input_info(engine, a),
         seconds=time.perf_counter() - start,
     )

@@ -139,3 +139,16 @@ def test_bad_generate_parameters_are_refused(kwargs, match):
     args = {"shape": (10, 8), "rank": 3, **kwargs}
     with pytest.raises(ParameterError, match=match):
         dlowrank.make_matrix(args.pop("shape"), args.pop("rank"), **args)
+
+
+def test_matrices_that_differ_in_any_parameter_never_share_dask_keys():
+    import dask
+
+    a = dlowrank.make_matrix((100, 50), 5, seed=0, decay=0.9).array
+    b = dlowrank.make_matrix((100, 50), 5, seed=0, decay=0.1).array
+    c = dlowrank.make_matrix((100, 50), 5, seed=0, decay=0.9, dtype="float32").array
+    na, nb, nc = dask.compute(np.linalg.norm(a), np.linalg.norm(b), np.linalg.norm(c))
+    assert na == pytest.approx(np.linalg.norm(0.9 ** np.arange(5)))
+    assert nb == pytest.approx(np.linalg.norm(0.1 ** np.arange(5)))
+    assert nc.dtype == np.float32 or nc == pytest.approx(na, rel=1e-6)
+    assert len({a.name, b.name, c.name}) == 3

@@ -83,3 +83,27 @@ def test_load_refuses_things_that_are_not_results(tmp_path):
     zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     with pytest.raises(ResultError, match="not a dlowrank result"):
         dlowrank.load(tmp_path / "g.zarr")
+
+
+def test_publish_without_overwrite_never_replaces_an_output_that_appeared_meanwhile(tmp_path):
+    dest = tmp_path / "r.zarr"
+
+    def racing_write(tmp):
+        # another job publishes at the same path while this one is writing
+        zarr.open_group(str(dest), mode="w").attrs["who"] = "other"
+        zarr.open_group(tmp, mode="w").attrs["who"] = "mine"
+
+    with pytest.raises(OutputExistsError, match="already exists"):
+        publish(dest, racing_write)
+    assert zarr.open_group(str(dest), mode="r").attrs["who"] == "other"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]
+
+
+def test_seed_is_stored_so_that_it_replays():
+    a = np.random.default_rng(0).standard_normal((40, 30))
+    seq = np.random.SeedSequence(5).spawn(2)[1]
+    r = dlowrank.randomized_svd(a, 3, n_power_iter=0, seed=seq)
+    assert r.seed == {"entropy": 5, "spawn_key": [1]}
+    again = dlowrank.randomized_svd(a, 3, n_power_iter=0, seed=r.seed)
+    np.testing.assert_array_equal(again.u, r.u)
+    assert dlowrank.randomized_svd(a, 3, seed=7).seed == 7

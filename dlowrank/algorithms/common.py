@@ -23,15 +23,22 @@ def check_finite(engine: PassEngine, fro2: float, name: str = "a") -> None:
     """
     if np.isfinite(fro2):
         return
-    out = engine.run(passkernels.nonfinite)
-    count = int(sum(out.rows["count"]))
-    firsts = [f for f, c in zip(out.rows["first"], out.rows["count"], strict=True) if c]
-    i, j = (int(v) for v in firsts[0])
+    found = [p for p in engine.run_pieces(passkernels.nonfinite) if p["count"]]
+    if not found:
+        raise InputError(
+            f"`{name}` is finite but its squared Frobenius norm overflows float64 "
+            "(entries of magnitude 1e154 or more); rescale it first"
+        )
+    count = sum(p["count"] for p in found)
+    i, j = min(p["first"] for p in found)
     if engine.transpose:
         i, j = j, i
+    chunks = engine.source.chunks
+    ci = int(np.searchsorted(np.cumsum(chunks[0]), i, side="right"))
+    cj = int(np.searchsorted(np.cumsum(chunks[1]), j, side="right"))
     raise InputError(
         f"`{name}` holds {count} NaN or infinite values (the first at row {i}, "
-        f"column {j}); dlowrank needs finite input"
+        f"column {j}, in chunk ({ci}, {cj})); dlowrank needs finite input"
     )
 
 

@@ -48,8 +48,45 @@ def _core(omega: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
     return (b + b.T) / 2
 
 
+def _shifted_nystrom(y: np.ndarray, omega: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of Y (Omega^T Y)^+ Y^T, stabilized by the shift nu (Tropp et al. 2017).
+
+    nu = sqrt(n) eps ||Y||_2 (float64 eps); if Omega^T Y_nu is still not numerically
+    positive definite (float32 input carries rounding far above that), nu grows
+    tenfold, at most 8 times, before the matrix is declared not PSD.
+    """
+    n = y.shape[0]
+    ynorm = float(np.linalg.norm(y, 2))
+    if ynorm == 0:  # A Omega = 0: A vanishes on the sketch
+        q, _ = np.linalg.qr(omega)
+        return np.zeros(rank), q[:, :rank]
+    nu = np.sqrt(n) * np.finfo(np.float64).eps * ynorm
+    for _ in range(8):
+        y_nu = y + nu * omega
+        b = omega.T @ y_nu
+        try:
+            c = scipy.linalg.cholesky((b + b.T) / 2)
+            break
+        except np.linalg.LinAlgError:
+            nu *= 10
+    else:
+        raise InputError(
+            "`a` is not positive semidefinite to working precision: "
+            "Omega^T A Omega stays indefinite after shifting; use "
+            "randomized_svd(..., symmetric=True)"
+        )
+    f = scipy.linalg.solve_triangular(c, y_nu.T, trans="T").T  # Y_nu C^{-1}
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    return np.maximum(s[:rank] ** 2 - nu, 0.0), u[:, :rank]
+
+
 def nystrom(
-    engine: PassEngine, rank: int, k: int, d: int, seed: np.random.SeedSequence, tol: float
+    engine: PassEngine,
+    rank: int,
+    k: int,
+    d: int,
+    seed: np.random.SeedSequence,
+    tol: float,
 ) -> NystromFactors:
     """One pass; a rank-``rank`` PSD approximation with an estimated error."""
     n = engine.tall_shape[0]
@@ -60,14 +97,7 @@ def nystrom(
     y = np.concatenate(out.rows["y"])
     omega = random.gaussian_rows(key[0], key[1], passkernels.KEY_OMEGA, n, k, 0, n)
     _core(omega, y, tol)
-    nu = np.sqrt(n) * np.finfo(np.float64).eps * np.linalg.norm(y, 2)
-    y_nu = y + nu * omega
-    b = omega.T @ y_nu
-    c = scipy.linalg.cholesky((b + b.T) / 2)
-    f = scipy.linalg.solve_triangular(c, y_nu.T, trans="T").T  # Y_nu C^{-1}
-    u, s, _ = np.linalg.svd(f, full_matrices=False)
-    w = np.maximum(s[:rank] ** 2 - nu, 0.0)
-    v = u[:, :rank]
+    w, v = _shifted_nystrom(y, omega, rank)
     e = np.concatenate(out.cols["e"], axis=1)
     theta_v = np.zeros((d, rank))
     for start in range(0, n, random.PANEL):

@@ -4,7 +4,10 @@ Tall orientation (the engine transposes a wide A). With l = rank + n_oversamples
 
 1. X_0 = Omega (n, l), Gaussian from the seed and the global column index.
 2. q power iterations, one pass each: Z = A^T (A X) summed over row panels (the
-   panel is read once for both products), X = orth(Z) in float64 (HMT Alg. 4.4).
+   panel is read once for both products), X = orth(Z) in float64. HMT Alg. 4.4
+   orthonormalizes after every product with A or A^T; orthonormalizing after each
+   A^T A pair, as here, leaves directions below about sqrt(eps) sigma_1
+   unresolved, far below any error the truncation reports.
 3. Final pass: Y_i = A_i X (kept), W = A^T Y and ||A||_F^2 (folded in).
 4. Y = Q R (Householder). Then B = Q^T A = R^{-T} Y^T A = R^{-T} W^T needs no
    further pass. Its rounding error is about eps * cond(R) * ||A||, so this is

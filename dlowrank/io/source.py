@@ -19,15 +19,24 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from dlowrank.errors import InputError
 from dlowrank.io.matrix import as_dask_matrix, zarr_origin
 
 Rect = tuple[int, int, int, int]  # r0, r1, c0, c1 in A's coordinates
 
 
 @functools.lru_cache(maxsize=32)
-def _open_cached(url: str, options_json: str) -> zarr.Array:
+def _open_cached(url: str, options_json: str, shape: tuple, chunks: tuple) -> zarr.Array:
+    """Open once per process; the key includes the expected layout, so an array
+    rewritten at the same URL with another shape or chunking is opened afresh."""
     options = json.loads(options_json)
-    return zarr.open_array(url, mode="r", **({"storage_options": options} if options else {}))
+    arr = zarr.open_array(url, mode="r", **({"storage_options": options} if options else {}))
+    if arr.shape != shape or tuple(arr.chunks) != chunks:
+        raise InputError(
+            f"input {url} changed while in use: shape {arr.shape}, chunks "
+            f"{arr.chunks}; expected shape {shape}, chunks {chunks}"
+        )
+    return arr
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,12 @@ class ZarrSource:
         r0, r1, c0, c1 = rect
         arr = self.array
         if arr is None:
-            arr = _open_cached(self.url, json.dumps(self.storage_options or {}, sort_keys=True))
+            arr = _open_cached(
+                self.url,
+                json.dumps(self.storage_options or {}, sort_keys=True),
+                tuple(self.shape),
+                tuple(c[0] for c in self.chunks),
+            )
         out = np.empty((r1 - r0, c1 - c0), dtype=self.dtype)
         edges = np.cumsum((0,) + self.chunks[1])
         for a, b in zip(edges[:-1], edges[1:], strict=True):

@@ -26,11 +26,11 @@ def fro2(block: np.ndarray) -> np.ndarray:
 
 
 def nonfinite(block, rows, cols) -> dict:
-    """Count and first location of non-finite entries (the error path only)."""
+    """Count and first (row, column) of the non-finite entries of one piece (error path)."""
     bad = ~np.isfinite(block)
     count = int(bad.sum())
-    first = np.argwhere(bad)[0] + (rows[0], cols[0]) if count else np.array([-1, -1])
-    return {"sums": {}, "rows": {"count": np.array(count), "first": first}, "cols": _EMPTY}
+    first = tuple(int(v) for v in np.argwhere(bad)[0] + (rows[0], cols[0])) if count else None
+    return {"count": count, "first": first}
 
 
 def gram_apply(block, rows, cols, x, with_fro2) -> dict:

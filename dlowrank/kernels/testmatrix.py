@@ -43,7 +43,7 @@ class TestMatrixSpec:
     decay: float
     scale: float
     noise: float
-    entropy: int
+    entropy: int | tuple[int, ...]
     spawn_key: tuple[int, ...] = ()
 
     def singular_values(self) -> np.ndarray:

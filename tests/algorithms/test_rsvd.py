@@ -165,10 +165,11 @@ def test_nonfinite_input_is_reported_with_its_location():
     a = np.ones((200, 50))
     a[123, 7] = np.nan
     with pytest.raises(
-        InputError, match=r"1 NaN or infinite values \(the first at row 123, column 7\)"
+        InputError,
+        match=r"1 NaN or infinite values \(the first at row 123, column 7, in chunk \(2, 0\)\)",
     ):
         dlowrank.randomized_svd(da.from_array(a, chunks=(50, 25)), 3)
-    with pytest.raises(InputError, match=r"the first at row 7, column 123"):
+    with pytest.raises(InputError, match=r"the first at row 7, column 123, in chunk \(0, 2\)"):
         dlowrank.randomized_svd(da.from_array(a.T.copy(), chunks=(25, 50)), 3)
 
 
@@ -191,3 +192,32 @@ def test_nonfinite_input_is_reported_with_its_location():
 def test_bad_parameters_are_refused_by_name(kwargs, match):
     with pytest.raises(ParameterError, match=match):
         dlowrank.randomized_svd(np.ones((60, 40)), **kwargs)
+
+
+def test_nonfinite_location_in_block_layout_and_overflow():
+    a = np.ones((40, 30))
+    a[5, 25] = np.inf
+    a[17, 3] = np.nan
+    x = da.from_array(a, chunks=(10, 10))
+    for call in (
+        lambda: dlowrank.sketch_svd(x, 2, seed=0),
+        lambda: dlowrank.randomized_svd(x, 2, layout="block", seed=0),
+    ):
+        with pytest.raises(
+            InputError,
+            match=r"2 NaN or infinite values \(the first at row 5, "
+            r"column 25, in chunk \(0, 2\)\)",
+        ):
+            call()
+    big = np.random.default_rng(0).standard_normal((40, 30)) * 1e160
+    with pytest.raises(InputError, match="squared Frobenius norm overflows float64"):
+        dlowrank.randomized_svd(big, 2)
+
+
+def test_an_array_rewritten_at_the_same_path_is_read_afresh(tmp_path):
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (100, 50), 5, seed=0)
+    first = dlowrank.randomized_svd(path, 2, seed=0)
+    dlowrank.generate(path, (200, 50), 5, seed=1, overwrite=True)
+    second = dlowrank.randomized_svd(path, 2, seed=0)
+    assert first.u.shape == (100, 2) and second.u.shape == (200, 2)

@@ -1,0 +1,386 @@
+"""Batch jobs: one schema for job files and command-line flags; validate, run, publish.
+
+A job is ``command`` plus options whose names are the CLI flags with underscores
+for dashes (``n_power_iter`` is ``--n-power-iter``). It is validated completely
+(keys, types, the input's metadata) before any cluster starts. Its result is
+published atomically at ``out`` with the input's fingerprint and the job's
+parameters, so a rerun of a finished job does nothing, and a killed job resumes
+from the checkpoint of its last completed pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dlowrank.errors import OutputExistsError, ParameterError, ResultError, StoreNotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: the job key ``name`` and the flag ``--name-with-dashes``."""
+
+    name: str
+    type: Any  # int, float, str, bool, dict, or a tuple of choices
+    default: Any = None
+    help: str = ""
+    nargs: int = 1
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+RUNTIME = [
+    Option("scheduler", str, None, "Dask scheduler address (else DASK_SCHEDULER_ADDRESS)."),
+    Option("scheduler_file", str, None, "Dask scheduler file."),
+    Option("workers", int, None, "LocalCluster worker processes (0: dask threads, no cluster)."),
+    Option("threads_per_worker", int, None, "Threads per LocalCluster worker."),
+    Option("memory_limit", str, None, "Memory limit per LocalCluster worker, e.g. 2GB."),
+]
+OUTPUT = [
+    Option("overwrite", bool, False, "Replace an existing result once the new one is complete."),
+    Option("checkpoint", str, None, "Checkpoint folder (default: OUT.checkpoint beside OUT)."),
+    Option("restart", bool, False, "Discard an existing checkpoint instead of resuming."),
+    Option("storage_options", dict, None, "fsspec options for INPUT and OUT (JSON)."),
+]
+COMMANDS: dict[str, list[Option]] = {
+    "svd": [
+        Option("rank", int, None, "Number of singular triplets (or give --tol)."),
+        Option("tol", float, None, "Relative Frobenius error to reach instead of a rank."),
+        Option("max_rank", int, None, "Largest rank tried with --tol."),
+        Option("passes", int, None, "1: single-pass sketch; k >= 2: k - 1 power iterations."),
+        Option("n_power_iter", int, 2, "Power iterations q (q + 1 passes)."),
+        Option("n_oversamples", int, 10, "Extra sketch columns."),
+        Option("sketch_size", int, None, "Single pass: range sketch width k (default 4 rank + 1)."),
+        Option("seed", int, 0, "Seed; the result does not depend on chunks or workers."),
+        Option("symmetric", bool, False, "Symmetric input: eigen-decomposition form."),
+        *OUTPUT,
+        *RUNTIME,
+    ],
+    "spectrum": [
+        Option("rank", int, 50, "How many singular values to compute."),
+        Option("n_power_iter", int, 2, "Power iterations q (q + 1 passes)."),
+        Option("n_oversamples", int, 10, "Extra sketch columns."),
+        Option("seed", int, 0, "Seed."),
+        Option("plot", str, None, "Write a scree and cumulative-energy plot (PNG) here."),
+        *OUTPUT,
+        *RUNTIME,
+    ],
+}
+#: Keys every job file has besides the command's options.
+JOB_KEYS = ("command", "input", "out")
+
+
+def _closest(name: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f"; did you mean `{match[0]}`?" if match else f"; valid keys: {', '.join(valid)}"
+
+
+def _coerce(opt: Option, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    kind = opt.type
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        bool: isinstance(value, bool),
+        dict: isinstance(value, dict),
+    }.get(kind, False)
+    if kind is dict and isinstance(value, str):
+        try:
+            value, ok = json.loads(value), True
+        except json.JSONDecodeError:
+            ok = False
+        ok = ok and isinstance(value, dict)
+    if not ok:
+        name = getattr(kind, "__name__", str(kind))
+        raise ParameterError(f"{where}`{opt.name}` must be of type {name}; got {value!r}")
+    return float(value) if kind is float else value
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A validated job: exactly what a job file holds (``to_dict`` round-trips)."""
+
+    command: str
+    input: str
+    out: str | None
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, where: str = "") -> JobConfig:
+        """Validate a job dict: the command, required keys, unknown keys, types."""
+        if not isinstance(data, dict):
+            raise ParameterError(
+                f"{where}a job must be a mapping of keys to values; got {type(data).__name__}"
+            )
+        command = data.get("command")
+        if command not in COMMANDS:
+            raise ParameterError(
+                f"{where}`command` must be one of {', '.join(COMMANDS)}; got {command!r}"
+            )
+        options = {o.name: o for o in COMMANDS[command]}
+        valid = list(JOB_KEYS) + list(options)
+        for key in data:
+            if key not in valid:
+                raise ParameterError(
+                    f"{where}unknown key `{key}` for command {command}" + _closest(key, valid)
+                )
+        if not isinstance(data.get("input"), str):
+            raise ParameterError(f"{where}`input` (a path or URL of a Zarr array) is required")
+        out = data.get("out")
+        if out is not None and not isinstance(out, str):
+            raise ParameterError(f"{where}`out` must be a path or URL; got {out!r}")
+        if command == "svd" and out is None:
+            raise ParameterError(f"{where}`out` (where the result goes) is required for svd")
+        values = {name: _coerce(o, data.get(name, o.default), where) for name, o in options.items()}
+        return cls(command=command, input=data["input"], out=out, options=values)
+
+    def to_dict(self) -> dict:
+        return {"command": self.command, "input": self.input, "out": self.out, **self.options}
+
+
+def load_job_file(path: str | os.PathLike) -> JobConfig:
+    """Read a YAML (``.yaml``, ``.yml``) or TOML (``.toml``) job file and validate it."""
+    import yaml
+
+    path = os.fspath(path)
+    where = f"job file {path}: "
+    if not os.path.exists(path):
+        raise StoreNotFoundError(f"job file {path} does not exist")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        if path.endswith(".toml"):
+            data = tomllib.loads(raw.decode())
+        else:
+            data = yaml.safe_load(raw)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ParameterError(
+            f"{where}not valid {'TOML' if path.endswith('.toml') else 'YAML'}: {detail}"
+        ) from None
+    return JobConfig.from_dict(data, where=where)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What running a job did: ``status`` is "done", "already done" or "validated"."""
+
+    status: str
+    summary: dict
+
+
+def _job_params(cfg: JobConfig) -> dict:
+    """The options that decide the result (not where or how it runs)."""
+    skip = {o.name for o in OUTPUT + RUNTIME} | {"plot"}
+    return {k: v for k, v in cfg.options.items() if k not in skip}
+
+
+def _already_done(cfg: JobConfig, fp: str) -> bool:
+    """True when ``out`` holds a complete result of this input and these parameters."""
+    from dlowrank.results import load
+
+    try:
+        prev = load(cfg.out, storage_options=cfg.options.get("storage_options"))
+    except (StoreNotFoundError, ResultError):
+        return False
+    job = prev.params.get("job", {})
+    return prev.input.get("fingerprint") == fp and job == _job_params(cfg)
+
+
+def _exists(url: str, storage_options: dict | None) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs.exists(path)
+
+
+def run_job(
+    cfg: JobConfig,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[Any], None] | None = None,
+    say: Callable[[str], None] = logger.info,
+) -> Outcome:
+    """Validate, then run ``cfg``: the input's metadata first, then the cluster, then publish."""
+    from dlowrank.io.checkpoint import Checkpoint, fingerprint
+    from dlowrank.io.source import as_source
+
+    o = cfg.options
+    so = o.get("storage_options")
+    source = as_source(cfg.input, storage_options=so)  # validates the input's metadata
+    _check_params(cfg, source.shape)
+    if dry_run:
+        return Outcome(
+            "validated",
+            {
+                "input": cfg.input,
+                "shape": list(source.shape),
+                "dtype": str(source.dtype),
+                "command": cfg.command,
+            },
+        )
+    fp = fingerprint(source)
+    if cfg.out is not None and _exists(cfg.out, so):
+        if _already_done(cfg, fp):
+            say(
+                f"{cfg.out} already holds this result (same input fingerprint and parameters); "
+                "nothing to do"
+            )
+            return Outcome("already done", {"output": cfg.out})
+        if not o.get("overwrite"):
+            raise OutputExistsError(
+                f"output {cfg.out} already exists (another input or other "
+                "parameters); pass --overwrite to replace it"
+            )
+    ckpt = o.get("checkpoint") or (f"{cfg.out.rstrip('/')}.checkpoint" if cfg.out else None)
+    if ckpt and o.get("restart"):
+        Checkpoint(ckpt, {}, storage_options=so).remove()
+    runner = {"svd": _run_svd, "spectrum": _run_spectrum}[cfg.command]
+    from dlowrank.runtime import connect
+
+    with connect(
+        scheduler=o.get("scheduler"),
+        scheduler_file=o.get("scheduler_file"),
+        workers=o.get("workers"),
+        threads_per_worker=o.get("threads_per_worker"),
+        memory_limit=o.get("memory_limit"),
+    ) as client:
+        summary = runner(cfg, client, ckpt, progress, fp, say)
+    if ckpt:
+        Checkpoint(ckpt, {}, storage_options=so).remove()
+    return Outcome("done", summary)
+
+
+def _check_params(cfg: JobConfig, shape: tuple[int, int]) -> None:
+    """Parameter rules that need the input's shape, checked before any work."""
+    from dlowrank.params import parse_int, parse_rank
+
+    o = cfg.options
+    if cfg.command == "svd":
+        if (o["rank"] is None) == (o["tol"] is None):
+            raise ParameterError(
+                f"give exactly one of `rank` and `tol`; got rank={o['rank']!r}, tol={o['tol']!r}"
+            )
+        if o["rank"] is not None:
+            parse_rank(o["rank"], shape)
+        if o["passes"] is not None:
+            parse_int(o["passes"], "passes", 1)
+            if o["passes"] == 1 and o["tol"] is not None:
+                raise ParameterError("`tol` needs the multi-pass algorithm; drop --passes 1")
+    else:
+        parse_rank(o["rank"], shape)
+
+
+def _svd_call(cfg: JobConfig, client: Any, ckpt: str | None, progress: Any) -> Any:
+    from dlowrank.streaming import randomized_svd, sketch_svd
+
+    o = cfg.options
+    common = {
+        "seed": o["seed"],
+        "client": client,
+        "checkpoint": ckpt,
+        "progress": progress,
+        "storage_options": o.get("storage_options"),
+    }
+    if o["passes"] == 1:
+        return sketch_svd(cfg.input, o["rank"], sketch_size=o["sketch_size"], **common)
+    q = o["passes"] - 1 if o["passes"] is not None else o["n_power_iter"]
+    return randomized_svd(
+        cfg.input,
+        o["rank"],
+        tol=o["tol"],
+        max_rank=o["max_rank"],
+        n_power_iter=q,
+        n_oversamples=o["n_oversamples"],
+        symmetric=o["symmetric"],
+        **common,
+    )
+
+
+def _publish(result: Any, cfg: JobConfig, fp: str) -> Any:
+    from dataclasses import replace
+
+    result = replace(
+        result,
+        params={**result.params, "job": _job_params(cfg)},
+        input={**result.input, "source": cfg.input, "fingerprint": fp},
+    )
+    result.save(
+        cfg.out,
+        overwrite=bool(cfg.options.get("overwrite")),
+        storage_options=cfg.options.get("storage_options"),
+    )
+    return result
+
+
+def _summary(result: Any, cfg: JobConfig) -> dict:
+    return {
+        "output": cfg.out,
+        "rank": result.rank,
+        "rel_error": result.rel_error,
+        "error_kind": result.error_kind,
+        "passes": result.passes,
+        "restored_passes": result.restored_passes,
+        "seconds": result.seconds,
+        "algorithm": result.algorithm,
+    }
+
+
+def _run_svd(cfg, client, ckpt, progress, fp, say) -> dict:
+    result = _publish(_svd_call(cfg, client, ckpt, progress), cfg, fp)
+    return _summary(result, cfg)
+
+
+def _run_spectrum(cfg, client, ckpt, progress, fp, say) -> dict:
+    from dlowrank.api import spectrum_summary
+    from dlowrank.streaming import randomized_svd
+
+    o = cfg.options
+    r = randomized_svd(
+        cfg.input,
+        o["rank"],
+        n_power_iter=o["n_power_iter"],
+        n_oversamples=o["n_oversamples"],
+        seed=o["seed"],
+        client=client,
+        checkpoint=ckpt,
+        progress=progress,
+        storage_options=o.get("storage_options"),
+    )
+    s = np.asarray(r.s, dtype=np.float64)
+    # ||A||_F^2 from the exact error of the rank-k result: sum s^2 = (1 - err^2) ||A||_F^2
+    total = float(np.sum(s**2) / max(1.0 - r.rel_error**2, np.finfo(float).tiny))
+    shape = r.input["shape"]
+    summary = spectrum_summary(s, full_rank=min(shape), total_energy=total)
+    if o.get("plot"):
+        from dlowrank.plots import plot_spectrum
+
+        plot_spectrum(s, total, o["plot"], title=os.path.basename(cfg.input.rstrip("/")))
+    if cfg.out:
+        _publish(r, cfg, fp)
+    return {
+        "output": cfg.out,
+        "rank": r.rank,
+        "singular_values": s.tolist(),
+        "total_energy": total,
+        "passes": r.passes,
+        "seconds": r.seconds,
+        "rel_error": r.rel_error,
+        "restored_passes": r.restored_passes,
+        "plot": o.get("plot"),
+        **summary.to_dict(),
+    }

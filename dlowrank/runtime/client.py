@@ -1,0 +1,67 @@
+"""Get a Dask client: an address, a scheduler file, DASK_SCHEDULER_ADDRESS, or a LocalCluster.
+
+A LocalCluster that dlowrank starts binds to 127.0.0.1 and has no dashboard, so a
+batch job opens nothing to the network. Knows nothing of the algorithms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from dlowrank.errors import ParameterError
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def connect(
+    *,
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    security: Any = None,
+) -> Iterator[Any]:
+    """Yield a ``distributed.Client`` (or None for dask's threads in this process).
+
+    Order of precedence: ``scheduler`` (an address), ``scheduler_file``, the
+    ``DASK_SCHEDULER_ADDRESS`` environment variable, else a LocalCluster of
+    ``workers`` processes on 127.0.0.1 (default: sized to this machine by
+    distributed). ``workers=0`` runs on dask's threads in this process, with no
+    cluster at all. The client, and a cluster started here, are closed on exit.
+    """
+    if scheduler and scheduler_file:
+        raise ParameterError("give `scheduler` or `scheduler_file`, not both")
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") if not scheduler_file else None
+    from distributed import Client, LocalCluster
+
+    if address or scheduler_file:
+        where = address or scheduler_file
+        logger.info("connecting to the Dask scheduler at %s", where)
+        kwargs = {"security": security} if security is not None else {}
+        client = Client(address, scheduler_file=scheduler_file, **kwargs)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if workers == 0:
+        yield None
+        return
+    kwargs = {
+        "n_workers": workers,
+        "threads_per_worker": threads_per_worker,
+        "memory_limit": memory_limit if memory_limit is not None else "auto",
+    }
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    logger.info("starting a LocalCluster on 127.0.0.1 (%s)", kwargs)
+    with (
+        LocalCluster(host="127.0.0.1", dashboard_address=None, processes=True, **kwargs) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
