@@ -56,7 +56,8 @@ class SpectrumSummary:
     10 % of the spectrum some s_k / s_{k-1} < 0.25, so rank ``gap_rank`` stands
     out of a noise floor that holds much energy but little of any direction);
     else ``"flat"`` (noise-like: 90 % of the energy needs at least half of the
-    spectrum) or ``"slow decay"`` in between.
+    spectrum) or ``"slow decay"`` in between (also when a partial spectrum cannot
+    tell the two apart; the message says so).
     """
 
     n_values: int
@@ -97,6 +98,12 @@ def summarize(
     elif gap is not None:
         verdict = "gap"
         advice = f"low rank plus noise: rank {gap} stands out of a noise floor"
+    elif r90 is None and len(s) < 0.5 * p:
+        verdict = "slow decay"
+        advice = (
+            f"the top {len(s)} values hold less than 90 % of the energy; compute more "
+            "of them to tell slow decay from flat"
+        )
     elif r90 is None or r90 >= 0.5 * p:
         verdict = "flat"
         advice = "noise-like: no low rank captures most of the energy"
