@@ -22,7 +22,8 @@ def _f64(block: np.ndarray) -> np.ndarray:
 def fro2(block: np.ndarray) -> np.ndarray:
     """||block||_F^2 in float64 (NaN or inf if the block has a non-finite entry)."""
     flat = block.ravel()
-    return np.asarray(flat @ flat)
+    with np.errstate(over="ignore"):  # an overflow is reported by the caller (check_finite)
+        return np.asarray(flat @ flat)
 
 
 def nonfinite(block, rows, cols) -> dict:
