@@ -23,27 +23,42 @@ from dlowrank.api import (  # noqa: E402
     stable_rank,
     svt,
 )
+from dlowrank.factorization import (  # noqa: E402
+    canonicalize,
+    contributions,
+    factorize,
+    nmf,
+    predict,
+    rmse,
+)
 from dlowrank.generate import TestMatrix, generate, make_matrix  # noqa: E402
 from dlowrank.io.matrix import open_matrix  # noqa: E402
-from dlowrank.results import EighResult, SVDResult, load  # noqa: E402
+from dlowrank.results import EighResult, FactorizationResult, SVDResult, load  # noqa: E402
 from dlowrank.streaming import nystrom, randomized_svd, sketch_svd  # noqa: E402
 
 __all__ = [
     "EighResult",
+    "FactorizationResult",
     "SVDResult",
     "TestMatrix",
     "__version__",
+    "canonicalize",
+    "contributions",
     "cumulative_energy",
     "exact_eigh",
     "exact_svd",
+    "factorize",
     "generate",
     "load",
     "make_matrix",
+    "nmf",
     "nystrom",
     "open_matrix",
     "optimal_error",
+    "predict",
     "randomized_svd",
     "rank_for_energy",
+    "rmse",
     "spectrum_summary",
     "stable_rank",
     "sketch_svd",

@@ -156,7 +156,37 @@ class EighResult(_Provenance):
         return {"rank": self.rank, "shape": [int(self.v.shape[0])] * 2}
 
 
-_CLASSES = {"svd": SVDResult, "eigh": EighResult}
+@dataclass(frozen=True)
+class FactorizationResult(_Provenance):
+    """A factorization ``a ≈ u @ v.T`` (weight decay, ALS/GD, missing entries, or NMF).
+
+    ``loss`` is the objective after each iteration,
+    1/2 ||mask * (u v^T - a)||_F^2 + weight_decay/2 (||u||_F^2 + ||v||_F^2),
+    its last entry the objective at the returned factors;
+    ``rel_error`` is ||mask * (a - u v^T)||_F / ||mask * a||_F at the returned
+    factors; ``passes`` counts the full reads of ``a`` (initialization included).
+    """
+
+    u: np.ndarray = None
+    v: np.ndarray = None
+    loss: np.ndarray = None
+    n_iter: int = 0
+    converged: bool = False
+    _arrays: ClassVar[tuple[str, ...]] = ("u", "v", "loss")
+    _kind: ClassVar[str] = "factorization"
+
+    @property
+    def rank(self) -> int:
+        return int(self.u.shape[1])
+
+    def to_dense(self) -> np.ndarray:
+        return self.u @ self.v.T
+
+    def _derived(self) -> dict:
+        return {"rank": self.rank, "shape": [int(self.u.shape[0]), int(self.v.shape[0])]}
+
+
+_CLASSES = {"svd": SVDResult, "eigh": EighResult, "factorization": FactorizationResult}
 
 
 def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDResult | EighResult:
@@ -178,7 +208,7 @@ def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDR
             "fully written; rerun the job that makes it"
         )
     cls = _CLASSES[attrs["kind"]]
-    names = {f.name for f in fields(_Provenance)}
+    names = {f.name for f in fields(cls) if f.name not in cls._arrays}
     kwargs = {k: v for k, v in attrs.items() if k in names}
     arrays = {name: group[name][...] for name in cls._arrays}
     return cls(**kwargs, **arrays)

@@ -331,10 +331,29 @@ def test_default_local_cluster_runs_the_job(matrix, tmp_path):
 def test_overwrite_keeps_the_old_result_readable_until_the_new_one_is_complete(matrix, tmp_path):
     out = tmp_path / "r.zarr"
     dlowrank.randomized_svd(matrix, 3, seed=0).save(out)
-    cmd = [sys.executable, "-m", "dlowrank", "svd", matrix, "--out", str(out), "--rank", "5",
-           "--n-power-iter", "1", "--workers", "0", "--overwrite", "-q"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "DLOWRANK_TEST_PASS_DELAY": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dlowrank",
+        "svd",
+        matrix,
+        "--out",
+        str(out),
+        "--rank",
+        "5",
+        "--n-power-iter",
+        "1",
+        "--workers",
+        "0",
+        "--overwrite",
+        "-q",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "DLOWRANK_TEST_PASS_DELAY": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     seen = set()
     while proc.poll() is None:
         seen.add(dlowrank.load(out).rank)  # never fails: always a complete result

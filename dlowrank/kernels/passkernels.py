@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlowrank.kernels import random
+from dlowrank.kernels import factor, random
 
 _EMPTY: dict = {}
 
@@ -124,3 +124,87 @@ def residual(block, rows, cols, u, s, vt) -> dict:
     a = _f64(block)
     r = a - (u[rows[0] : rows[1]] * s) @ vt[:, cols[0] : cols[1]]
     return {"sums": {"res2": fro2(r), "fro2": fro2(a)}, "rows": _EMPTY, "cols": _EMPTY}
+
+
+# --- factorizations: one pass per iteration, fused per row panel -----------------------
+
+
+def _observed(block: np.ndarray, masked: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    a = _f64(block)
+    if not masked:
+        return a, None
+    mask = ~np.isnan(a)  # NaN means missing; an infinite entry stays and is reported
+    return np.where(mask, a, 0.0), mask.astype(np.float64)
+
+
+def als_step(block, rows, cols, v, inv_v, alpha, masked, with_fro2) -> dict:
+    """Fused ALS iteration on a row panel: U_i from V (ridge), then the V-side sums.
+
+    Dense: U_i = A_i V (V^T V + alpha I)^{-1}; sums A_i^T U_i, U_i^T U_i. Masked
+    (NaN = missing): each row solves its own ridge system over its observed
+    columns; the sums are per-column Grams sum_i m_ij u_i u_i^T and A^T U.
+    The loss terms are those of (U_i, V) -- the new U with the old V.
+    """
+    a, mask = _observed(block, masked)
+    av = a @ v
+    k = v.shape[1]
+    if mask is None:
+        u = av @ inv_v
+        fit = -2 * np.sum(u * av) + np.sum((u.T @ u) * (v.T @ v))
+        sums = {"atu": a.T @ u, "utu": u.T @ u, "fit": np.asarray(fit)}
+    else:
+        grams = (mask @ factor.outer_rows(v)).reshape(-1, k, k)
+        u = factor.batched_ridge(grams, av, alpha)
+        r = mask * (a - u @ v.T)
+        sums = {
+            "atu": a.T @ u,
+            "cgram": mask.T @ factor.outer_rows(u),
+            "utu": u.T @ u,
+            "fit": np.asarray(np.sum(r * r) - np.sum(a * a)),
+            "col_obs": mask.sum(axis=0),
+        }
+    if with_fro2:
+        sums["fro2"] = fro2(a)
+    rows_out = {"u": u}
+    if mask is not None:  # the first row without any observation, or -1
+        empty = np.nonzero(mask.sum(axis=1) == 0)[0]
+        rows_out["empty_row"] = np.asarray(empty[0] + rows[0] if empty.size else -1)
+    return {"sums": sums, "rows": rows_out, "cols": _EMPTY}
+
+
+def residual_step(block, rows, cols, u, v, masked, with_fro2) -> dict:
+    """Gradient terms at (U, V): R_i = m * (U_i V^T - A_i); rows R_i V, sums R_i^T U_i, ||R||^2."""
+    a, mask = _observed(block, masked)
+    ui = u[rows[0] : rows[1]]
+    r = ui @ v.T - a
+    if mask is not None:
+        r *= mask
+    sums = {"rtu": r.T @ ui, "res2": fro2(r)}
+    if with_fro2:
+        sums["fro2"] = fro2(a)
+    return {"sums": sums, "rows": {"rv": r @ v}, "cols": _EMPTY}
+
+
+def nmf_step(block, rows, cols, w, h, alpha, solver, with_fro2) -> dict:
+    """Fused NMF iteration on a row panel: update W_i (HALS or MU) from H, then the
+    H-side sums A_i^T W_i, W_i^T W_i, with the loss terms of (W_i, H) and the
+    smallest entry of the panel (negative input is refused after the first pass)."""
+    a = _f64(block)
+    ah = a @ h
+    hth = h.T @ h
+    wi = w[rows[0] : rows[1]]
+    wi = (
+        factor.hals_update(wi, ah, hth, alpha)
+        if solver == "hals"
+        else factor.mu_update(wi, ah, hth, alpha)
+    )
+    fit = -2 * np.sum(wi * ah) + np.sum((wi.T @ wi) * hth)
+    low = np.unravel_index(np.argmin(a), a.shape)
+    sums = {"atw": a.T @ wi, "wtw": wi.T @ wi, "fit": np.asarray(fit)}
+    if with_fro2:
+        sums["fro2"] = fro2(a)
+    return {
+        "sums": sums,
+        "rows": {"w": wi, "low": np.array([a[low], low[0] + rows[0], low[1] + cols[0]])},
+        "cols": _EMPTY,
+    }

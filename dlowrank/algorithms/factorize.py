@@ -1,0 +1,213 @@
+"""Blockwise factorizations A ≈ U V^T: ALS, gradient descent, NMF; one pass per iteration.
+
+Tall orientation (the engine transposes a wide A; the caller swaps U and V back).
+Objective, with mask M (all ones unless entries are missing):
+
+    f(U, V) = 1/2 ||M * (U V^T - A)||_F^2 + alpha/2 (||U||_F^2 + ||V||_F^2).
+
+For a fully observed A its minimum over rank-k factors, k >= #{sigma_i > alpha},
+is the soft-thresholded SVD sum_i (sigma_i - alpha)_+ u_i v_i^T (Mazumder,
+Hastie, Tibshirani 2010, Lemma 6): the oracle the tests check against.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlowrank.algorithms import rsvd as _rsvd
+from dlowrank.algorithms.common import check_finite
+from dlowrank.errors import InputError
+from dlowrank.kernels import factor, passkernels, random
+from dlowrank.passes import PassEngine
+
+logger = logging.getLogger(__name__)
+
+KEY_INIT_U, KEY_INIT_V = 10, 11
+
+
+@dataclass
+class State:
+    u: np.ndarray
+    v: np.ndarray
+    loss: list = field(default_factory=list)
+    fro2: float | None = None
+    n_iter: int = 0
+    converged: bool = False
+    residual2: float = 0.0  # ||M * (A - U V^T)||_F^2 at the returned factors
+
+
+def _penalty(alpha: float, u: np.ndarray, v: np.ndarray) -> float:
+    return 0.5 * alpha * (float(np.sum(u * u)) + float(np.sum(v * v)))
+
+
+def _converged(loss: list, tol: float) -> bool:
+    return len(loss) > 1 and abs(loss[-2] - loss[-1]) <= tol * max(abs(loss[-2]), 1e-300)
+
+
+def svd_init(
+    engine: PassEngine, k: int, seed: np.random.SeedSequence
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rank-k randomized SVD (q = 1: two passes) of the tall-oriented A."""
+    m, n = engine.tall_shape
+    f = _rsvd.range_sketch(engine, min(k + 10, min(m, n)), 1, seed)
+    return f.u[:, :k], f.s[:k], f.vt[:k]
+
+
+def random_init(
+    shape: tuple[int, int], k: int, seed: np.random.SeedSequence, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Small Gaussian factors, chunk-independent (global index) like every test matrix."""
+    m, n = shape
+    e, key = seed.entropy, tuple(seed.spawn_key)
+    u = random.gaussian_rows(e, key, KEY_INIT_U, m, k, 0, m) * scale
+    v = random.gaussian_rows(e, key, KEY_INIT_V, n, k, 0, n) * scale
+    return u, v
+
+
+def _check_observed(engine: PassEngine, out, masked: bool) -> None:
+    if not masked:
+        return
+    empty = [int(r) for r in out.rows["empty_row"] if r >= 0]
+    if empty:
+        i = empty[0]
+        side = "column" if engine.transpose else "row"
+        raise InputError(
+            f"{side} {i} of `a` has no observed entry (all NaN); drop it, or factorize without it"
+        )
+    col_obs = out.sums["col_obs"]
+    if np.any(col_obs == 0):
+        j = int(np.argmin(col_obs))
+        side = "row" if engine.transpose else "column"
+        raise InputError(
+            f"{side} {j} of `a` has no observed entry (all NaN); drop it, or factorize without it"
+        )
+
+
+def als(
+    engine: PassEngine, st: State, alpha: float, masked: bool, max_iter: int, tol: float
+) -> State:
+    """Alternating ridge solves; each iteration is one fused pass (U from V, then V-sums)."""
+    n, k = st.v.shape
+    for _ in range(max_iter):
+        inv_v = factor.ridge_inverse(st.v.T @ st.v, alpha)
+        out = engine.run(passkernels.als_step, st.v, inv_v, alpha, masked, st.fro2 is None)
+        if st.fro2 is None:
+            st.fro2 = float(out.sums["fro2"])
+            check_finite(engine, st.fro2)
+            _check_observed(engine, out, masked)
+        u = np.concatenate(out.rows["u"])
+        st.loss.append(0.5 * (st.fro2 + float(out.sums["fit"])) + _penalty(alpha, u, st.v))
+        atu = out.sums["atu"]
+        if masked:
+            cgram = out.sums["cgram"].reshape(n, k, k)
+            v = factor.batched_ridge(cgram, atu, alpha)
+            fit = -2 * np.sum(v * atu) + np.einsum("jk,jkl,jl->", v, cgram, v)
+        else:
+            v = atu @ factor.ridge_inverse(out.sums["utu"], alpha)
+            fit = -2 * np.sum(v * atu) + np.sum(out.sums["utu"] * (v.T @ v))
+        st.u, st.v, st.n_iter = u, v, st.n_iter + 1
+        st.residual2 = max(st.fro2 + float(fit), 0.0)  # exact at (U_t, V_t): no extra pass
+        if _converged(st.loss, tol):
+            st.converged = True
+            break
+    # the loss history ends with the objective at the returned factors (U_T, V_T)
+    st.loss.append(0.5 * st.residual2 + _penalty(alpha, st.u, st.v))
+    return st
+
+
+def gradient_descent(
+    engine: PassEngine, st: State, alpha: float, masked: bool, max_iter: int, tol: float
+) -> State:
+    """Gradient descent with Nesterov momentum; A V and A^T U come from one read per step.
+
+    Step sizes are the blockwise Lipschitz constants 1 / (||V^T V||_2 + alpha) and
+    1 / (||U^T U||_2 + alpha). The loss at each point comes from the same pass; if it
+    went up, the momentum restarts (O'Donoghue & Candès 2015), the steps halve and
+    the next point is a plain gradient step from the best point, so the returned
+    loss sequence never increases.
+    """
+    best = None  # (loss, u, v, grad_u, grad_v, residual2)
+    y_u, y_v = st.u, st.v
+    x_u, x_v, t, shrink = st.u, st.v, 1.0, 1.0
+
+    def step(u, v, gu, gv):
+        su = shrink / (np.linalg.norm(v.T @ v, 2) + alpha + 1e-300)
+        sv = shrink / (np.linalg.norm(u.T @ u, 2) + alpha + 1e-300)
+        return u - su * gu, v - sv * gv
+
+    for _ in range(max_iter):
+        out = engine.run(passkernels.residual_step, y_u, y_v, masked, st.fro2 is None)
+        if st.fro2 is None:
+            st.fro2 = float(out.sums["fro2"])
+            check_finite(engine, st.fro2)
+        st.n_iter += 1
+        loss = 0.5 * float(out.sums["res2"]) + _penalty(alpha, y_u, y_v)
+        grad_u = np.concatenate(out.rows["rv"]) + alpha * y_u
+        grad_v = out.sums["rtu"] + alpha * y_v
+        if best is not None and loss > best[0]:
+            shrink, t = shrink * 0.5, 1.0  # restart from the best point
+            x_u, x_v = best[1], best[2]
+            y_u, y_v = step(best[1], best[2], best[3], best[4])
+            continue
+        best = (loss, y_u, y_v, grad_u, grad_v, float(out.sums["res2"]))
+        st.loss.append(loss)
+        if _converged(st.loss, tol):
+            st.converged = True
+            break
+        u_new, v_new = step(y_u, y_v, grad_u, grad_v)
+        t_new = 0.5 * (1 + np.sqrt(1 + 4 * t * t))
+        beta = (t - 1) / t_new
+        y_u, y_v = u_new + beta * (u_new - x_u), v_new + beta * (v_new - x_v)
+        x_u, x_v, t = u_new, v_new, t_new
+    _, st.u, st.v, _, _, st.residual2 = best
+    return st
+
+
+def nmf(
+    engine: PassEngine,
+    w: np.ndarray,
+    h: np.ndarray,
+    alpha: float,
+    solver: str,
+    max_iter: int,
+    tol: float,
+    name: str = "a",
+) -> State:
+    """Blockwise HALS or multiplicative updates; each iteration is one fused pass."""
+    st = State(w, h)
+    for _ in range(max_iter):
+        out = engine.run(passkernels.nmf_step, st.u, st.v, alpha, solver, st.fro2 is None)
+        if st.fro2 is None:
+            st.fro2 = float(out.sums["fro2"])
+            check_finite(engine, st.fro2)
+            _check_nonnegative(engine, out, name)
+        w = np.concatenate(out.rows["w"])
+        st.loss.append(0.5 * (st.fro2 + float(out.sums["fit"])) + _penalty(alpha, w, st.v))
+        atw, wtw = out.sums["atw"], out.sums["wtw"]
+        update = factor.hals_update if solver == "hals" else factor.mu_update
+        h = update(st.v, atw, wtw, alpha)
+        st.u, st.v, st.n_iter = w, h, st.n_iter + 1
+        st.residual2 = max(
+            st.fro2 - 2 * float(np.sum(h * atw)) + float(np.sum(wtw * (h.T @ h))), 0.0
+        )
+        if _converged(st.loss, tol):
+            st.converged = True
+            break
+    st.loss.append(0.5 * st.residual2 + _penalty(alpha, st.u, st.v))  # at the returned factors
+    return st
+
+
+def _check_nonnegative(engine: PassEngine, out, name: str) -> None:
+    lows = np.stack(out.rows["low"])
+    worst = lows[np.argmin(lows[:, 0])]
+    if worst[0] < 0:
+        i, j = int(worst[1]), int(worst[2])
+        if engine.transpose:
+            i, j = j, i
+        raise InputError(
+            f"`{name}` must be non-negative for nmf; a[{i}, {j}] = {worst[0]:.6g} "
+            "(shift or clip the data, or use factorize)"
+        )
