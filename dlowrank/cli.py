@@ -482,6 +482,19 @@ main.add_command(
 )
 main.add_command(
     _job_command(
+        "factorize",
+        "Factorize INPUT as U V^T with weight decay (ALS or gradient descent), NaN as missing "
+        "with --missing nan; result (u, v) at --out.",
+    )
+)
+main.add_command(
+    _job_command(
+        "nmf",
+        "Non-negative factorization of INPUT (HALS or multiplicative updates); result at --out.",
+    )
+)
+main.add_command(
+    _job_command(
         "spectrum",
         "Top singular values of INPUT, how fast they decay, "
         "and optionally a plot (--plot FILE.png).",

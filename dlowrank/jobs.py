@@ -68,6 +68,29 @@ COMMANDS: dict[str, list[Option]] = {
         *OUTPUT,
         *RUNTIME,
     ],
+    "factorize": [
+        Option("rank", int, None, "Number of factors k."),
+        Option("weight_decay", float, 0.0, "L2 weight decay alpha on both factors."),
+        Option("method", str, "als", "als or gd."),
+        Option("max_iter", int, None, "Iterations (one pass each) at most."),
+        Option("tol", float, 1e-10, "Stop when the objective changes less (relative)."),
+        Option("init", str, None, "svd or random (default: svd for complete data)."),
+        Option("missing", str, None, "nan: NaN entries are missing."),
+        Option("seed", int, 0, "Seed."),
+        *OUTPUT,
+        *RUNTIME,
+    ],
+    "nmf": [
+        Option("rank", int, None, "Number of non-negative factors k."),
+        Option("solver", str, "hals", "hals or mu."),
+        Option("init", str, "nndsvd", "nndsvd, nndsvda or random."),
+        Option("max_iter", int, 200, "Iterations (one pass each) at most."),
+        Option("tol", float, 1e-4, "Stop when the objective changes less (relative)."),
+        Option("weight_decay", float, 0.0, "L2 weight decay alpha on both factors."),
+        Option("seed", int, 0, "Seed."),
+        *OUTPUT,
+        *RUNTIME,
+    ],
     "spectrum": [
         Option("rank", int, 50, "How many singular values to compute."),
         Option("n_power_iter", int, 2, "Power iterations q (q + 1 passes)."),
@@ -143,8 +166,8 @@ class JobConfig:
         out = data.get("out")
         if out is not None and not isinstance(out, str):
             raise ParameterError(f"{where}`out` must be a path or URL; got {out!r}")
-        if command == "svd" and out is None:
-            raise ParameterError(f"{where}`out` (where the result goes) is required for svd")
+        if command != "spectrum" and out is None:
+            raise ParameterError(f"{where}`out` (where the result goes) is required for {command}")
         values = {name: _coerce(o, data.get(name, o.default), where) for name, o in options.items()}
         return cls(command=command, input=data["input"], out=out, options=values)
 
@@ -249,7 +272,12 @@ def run_job(
     ckpt = o.get("checkpoint") or (f"{cfg.out.rstrip('/')}.checkpoint" if cfg.out else None)
     if ckpt and o.get("restart"):
         Checkpoint(ckpt, {}, storage_options=so).remove()
-    runner = {"svd": _run_svd, "spectrum": _run_spectrum}[cfg.command]
+    runner = {
+        "svd": _run_svd,
+        "spectrum": _run_spectrum,
+        "factorize": _run_factorize,
+        "nmf": _run_nmf,
+    }[cfg.command]
     from dlowrank.runtime import connect
 
     with connect(
@@ -282,7 +310,7 @@ def _check_params(cfg: JobConfig, shape: tuple[int, int]) -> None:
             if o["passes"] == 1 and o["tol"] is not None:
                 raise ParameterError("`tol` needs the multi-pass algorithm; drop --passes 1")
     else:
-        parse_rank(o["rank"], shape)
+        parse_rank(o["rank"], shape, required=True)
 
 
 def _svd_call(cfg: JobConfig, client: Any, ckpt: str | None, progress: Any) -> Any:
@@ -383,4 +411,59 @@ def _run_spectrum(cfg, client, ckpt, progress, fp, say) -> dict:
         "restored_passes": r.restored_passes,
         "plot": o.get("plot"),
         **summary.to_dict(),
+    }
+
+
+def _run_factorize(cfg, client, ckpt, progress, fp, say) -> dict:
+    from dlowrank.factorization import factorize
+
+    o = cfg.options
+    r = factorize(
+        cfg.input,
+        o["rank"],
+        weight_decay=o["weight_decay"],
+        method=o["method"],
+        max_iter=o["max_iter"],
+        tol=o["tol"],
+        init=o["init"],
+        missing=o["missing"],
+        seed=o["seed"],
+        client=client,
+        checkpoint=ckpt,
+        progress=progress,
+        storage_options=o.get("storage_options"),
+    )
+    r = _publish(r, cfg, fp)
+    return {
+        **_summary(r, cfg),
+        "n_iter": r.n_iter,
+        "converged": r.converged,
+        "loss": float(r.loss[-1]),
+    }
+
+
+def _run_nmf(cfg, client, ckpt, progress, fp, say) -> dict:
+    from dlowrank.factorization import nmf
+
+    o = cfg.options
+    r = nmf(
+        cfg.input,
+        o["rank"],
+        solver=o["solver"],
+        init=o["init"],
+        max_iter=o["max_iter"],
+        tol=o["tol"],
+        weight_decay=o["weight_decay"],
+        seed=o["seed"],
+        client=client,
+        checkpoint=ckpt,
+        progress=progress,
+        storage_options=o.get("storage_options"),
+    )
+    r = _publish(r, cfg, fp)
+    return {
+        **_summary(r, cfg),
+        "n_iter": r.n_iter,
+        "converged": r.converged,
+        "loss": float(r.loss[-1]),
     }

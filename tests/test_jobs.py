@@ -361,3 +361,59 @@ def test_overwrite_keeps_the_old_result_readable_until_the_new_one_is_complete(m
     assert proc.returncode == 0, proc.stderr.read().decode()
     assert seen <= {3, 5} and 3 in seen
     assert dlowrank.load(out).rank == 5
+
+
+def test_factorize_and_nmf_commands(matrix, tmp_path):
+    out = tmp_path / "f.zarr"
+    res = CliRunner().invoke(
+        main,
+        [
+            "factorize",
+            matrix,
+            "--out",
+            str(out),
+            "--rank",
+            "6",
+            "--weight-decay",
+            "0.1",
+            "--workers",
+            "0",
+            "--json",
+            "-q",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    r = dlowrank.load(out)
+    assert isinstance(r, dlowrank.FactorizationResult) and r.u.shape == (6000, 6)
+    assert summary["passes"] == r.passes and summary["converged"] is True
+    neg = tmp_path / "neg.npy"
+    data = np.abs(np.random.default_rng(0).standard_normal((300, 40)))
+    data[17, 5] = -1.0
+    np.save(neg, data)
+    assert (
+        CliRunner()
+        .invoke(main, ["convert", str(neg), "--out", str(tmp_path / "neg.zarr")])
+        .exit_code
+        == 0
+    )
+    bad = CliRunner().invoke(
+        main,
+        [
+            "nmf",
+            str(tmp_path / "neg.zarr"),
+            "--out",
+            str(tmp_path / "n.zarr"),
+            "--rank",
+            "3",
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
+    assert bad.exit_code == 2
+    assert bad.output.strip() == (
+        "error: `a` must be non-negative for nmf; a[17, 5] = -1 (shift or "
+        "clip the data, or use factorize)"
+    )
+    assert not (tmp_path / "n.zarr").exists()
