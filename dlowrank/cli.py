@@ -533,12 +533,33 @@ def run(job_file: str, dry_run: bool, as_json: bool, quiet: bool) -> None:
 )
 @click.option("--dataset", default=None, help="Member of an .npz or dataset of an HDF5 file.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT once the new array is complete.")
+@click.option(
+    "--ratings",
+    is_flag=True,
+    help="INPUT (.csv or .parquet) holds (row, column, value) triplets: write a sparse "
+    "ratings group, never densified.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
-def convert(input: str, out: str, chunks, dtype, dataset, overwrite, as_json) -> None:
-    """Convert INPUT (.npy, .npz, .h5, .csv/.tsv/.txt, .mtx) to a chunked Zarr array."""
+def convert(input: str, out: str, chunks, dtype, dataset, overwrite, ratings, as_json) -> None:
+    """Convert INPUT (.npy, .npz, .h5, .csv/.tsv/.txt, .mtx; or ratings) to Zarr."""
     from dlowrank.io.convert import convert as run_convert
 
     start = time.perf_counter()
+    if ratings:
+        from dlowrank.io.ratings import read_table, write_ratings
+
+        src = write_ratings(out, *read_table(input), overwrite=overwrite)
+        summary = {
+            "output": out,
+            "shape": list(src.shape),
+            "nnz": src.nnz,
+            "seconds": time.perf_counter() - start,
+        }
+        if as_json:
+            _emit_json(summary)
+        else:
+            click.echo(f"wrote {out}: ratings {src.shape[0]} x {src.shape[1]}, {src.nnz} entries")
+        return
     x = run_convert(
         input,
         out,

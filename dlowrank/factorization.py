@@ -14,6 +14,7 @@ import numpy as np
 
 from dlowrank.algorithms import factorize as _fz
 from dlowrank.errors import ParameterError
+from dlowrank.io.ratings import RatingsSource
 from dlowrank.kernels import factor
 from dlowrank.params import (
     parse_choice,
@@ -95,7 +96,9 @@ def factorize(
         from a randomized SVD (2 passes); "random" (default for GD and with missing
         entries): small Gaussian factors.
     missing : {None, "nan"}
-        "nan": NaN entries are missing and left out of the loss.
+        "nan": NaN entries are missing and left out of the loss. A ratings group
+        (``dlowrank convert --ratings``) is always read sparse: only its stored
+        entries are observed, and nothing is densified.
 
     Returns
     -------
@@ -119,6 +122,8 @@ def factorize(
     alpha = parse_float(weight_decay, "weight_decay", low=0.0)
     method = parse_choice(method, "method", ("als", "gd"))
     masked = parse_choice(missing, "missing", (None, "nan")) == "nan"
+    if isinstance(engine.source, RatingsSource):  # only the stored ratings are observed
+        masked, missing = True, "sparse"
     default_init = "svd" if method == "als" and not masked else "random"
     init = parse_choice(init or default_init, "init", ("svd", "random"))
     if init == "svd" and masked:

@@ -101,9 +101,8 @@ def _tree_sum(parts: list[Any]) -> Any:
 def _run_piece(
     block_or_source: Any, rect: Rect, transpose: bool, kernel: Callable, args: tuple
 ) -> dict:
-    block = (
-        block_or_source.read(rect) if isinstance(block_or_source, ZarrSource) else block_or_source
-    )
+    # a stored source (Zarr array, ratings group) is read here, by the task itself
+    block = block_or_source.read(rect) if hasattr(block_or_source, "read") else block_or_source
     r0, r1, c0, c1 = rect
     if transpose:
         block, r0, r1, c0, c1 = block.T, c0, c1, r0, r1

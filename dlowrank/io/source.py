@@ -112,6 +112,12 @@ def as_source(
     a: Any, *, name: str = "a", storage_options: dict | None = None
 ) -> ZarrSource | DaskSource:
     """Validate ``a`` and choose how passes read it (self-reading whenever it is Zarr)."""
+    if isinstance(a, (str, os.PathLike)):
+        from dlowrank.io.ratings import open_ratings
+
+        ratings = open_ratings(a, storage_options=storage_options)
+        if ratings is not None:
+            return ratings
     if isinstance(a, zarr.Array):
         x = as_dask_matrix(a, name=name)
         return ZarrSource(x.shape, x.dtype, x.chunks, array=a)

@@ -9,6 +9,7 @@ per column range. Sketches are accumulated in float64 whatever A's dtype.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 
 from dlowrank.kernels import factor, random
 
@@ -137,14 +138,61 @@ def _observed(block: np.ndarray, masked: bool) -> tuple[np.ndarray, np.ndarray |
     return np.where(mask, a, 0.0), mask.astype(np.float64)
 
 
+def _sparse_parts(block):
+    """(csr, indicator, row index of every entry) of a sparse panel (tall orientation)."""
+    s = scipy.sparse.csr_matrix(block)
+    ind = s.copy()
+    ind.data = np.ones_like(ind.data)
+    rowidx = np.repeat(np.arange(s.shape[0]), np.diff(s.indptr))
+    return s, ind, rowidx
+
+
+def _als_sparse(s, rows, v, alpha, with_fro2) -> dict:
+    """als_step for a sparse panel: only the stored entries are observed."""
+    s, ind, rowidx = _sparse_parts(s)
+    k = v.shape[1]
+    grams = np.asarray(ind @ factor.outer_rows(v)).reshape(-1, k, k)
+    u = factor.batched_ridge(grams, np.asarray(s @ v), alpha)
+    res = s.data - np.einsum("tk,tk->t", u[rowidx], v[s.indices])
+    sums = {
+        "atu": np.asarray(s.T @ u),
+        "cgram": np.asarray(ind.T @ factor.outer_rows(u)),
+        "utu": u.T @ u,
+        "fit": np.asarray(np.sum(res * res) - np.sum(s.data * s.data)),
+        "col_obs": np.asarray(ind.sum(axis=0)).ravel(),
+    }
+    if with_fro2:
+        sums["fro2"] = np.asarray(np.sum(s.data * s.data))
+    empty = np.nonzero(np.diff(s.indptr) == 0)[0]
+    return {
+        "sums": sums,
+        "rows": {"u": u, "empty_row": np.asarray(empty[0] + rows[0] if empty.size else -1)},
+        "cols": _EMPTY,
+    }
+
+
+def _residual_sparse(s, rows, u, v, with_fro2) -> dict:
+    s, _, rowidx = _sparse_parts(s)
+    ui = u[rows[0] : rows[1]]
+    r = s.copy()
+    r.data = np.einsum("tk,tk->t", ui[rowidx], v[s.indices]) - s.data
+    sums = {"rtu": np.asarray(r.T @ ui), "res2": np.asarray(np.sum(r.data * r.data))}
+    if with_fro2:
+        sums["fro2"] = np.asarray(np.sum(s.data * s.data))
+    return {"sums": sums, "rows": {"rv": np.asarray(r @ v)}, "cols": _EMPTY}
+
+
 def als_step(block, rows, cols, v, inv_v, alpha, masked, with_fro2) -> dict:
     """Fused ALS iteration on a row panel: U_i from V (ridge), then the V-side sums.
 
     Dense: U_i = A_i V (V^T V + alpha I)^{-1}; sums A_i^T U_i, U_i^T U_i. Masked
     (NaN = missing): each row solves its own ridge system over its observed
     columns; the sums are per-column Grams sum_i m_ij u_i u_i^T and A^T U.
-    The loss terms are those of (U_i, V) -- the new U with the old V.
+    The loss terms are those of (U_i, V) -- the new U with the old V. A sparse
+    panel (ratings) is masked by its stored entries.
     """
+    if scipy.sparse.issparse(block):
+        return _als_sparse(block, rows, v, alpha, with_fro2)
     a, mask = _observed(block, masked)
     av = a @ v
     k = v.shape[1]
@@ -174,6 +222,8 @@ def als_step(block, rows, cols, v, inv_v, alpha, masked, with_fro2) -> dict:
 
 def residual_step(block, rows, cols, u, v, masked, with_fro2) -> dict:
     """Gradient terms at (U, V): R_i = m * (U_i V^T - A_i); rows R_i V, sums R_i^T U_i, ||R||^2."""
+    if scipy.sparse.issparse(block):
+        return _residual_sparse(block, rows, u, v, with_fro2)
     a, mask = _observed(block, masked)
     ui = u[rows[0] : rows[1]]
     r = ui @ v.T - a
