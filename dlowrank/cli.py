@@ -321,6 +321,20 @@ def demo(shape: tuple[int, int], rank: int, seed: int, as_json: bool) -> None:
     help="Include scikit-learn (default: when installed and A fits in memory).",
 )
 @click.option("--workdir", default=None, help="Where to generate the matrix (default: temp).")
+@click.option(
+    "--suite",
+    type=click.Choice(["svd", "factorization"]),
+    default="svd",
+    show_default=True,
+    help="Which comparison to run.",
+)
+@click.option(
+    "--scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Factorization suite: shrink the data sets by this factor (tests use 0.02).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as one JSON line.")
 def bench(
     input: str | None,
@@ -334,11 +348,26 @@ def bench(
     workers,
     sklearn,
     workdir,
+    suite,
+    scale,
     as_json,
 ) -> None:
-    """Compare dlowrank with dask svd_compressed and scikit-learn, side by side."""
+    """Compare dlowrank with dask svd_compressed and scikit-learn, side by side.
+
+    --suite factorization runs the NMF, matrix-completion and GD-vs-ALS targets.
+    """
     from dlowrank.bench import format_table, rows_to_dicts, run_bench
 
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    if suite == "factorization":
+        from dlowrank.bench_factor import format_factorization, run_factorization_bench
+
+        results = run_factorization_bench(workdir=workdir, scale=scale, say=say)
+        if as_json:
+            _emit_json(results)
+        else:
+            click.echo(format_factorization(results))
+        return
     rows = run_bench(
         input,
         shape=tuple(shape),

@@ -30,6 +30,14 @@ from dlowrank.streaming import _attach_checkpoint, _engine, _input_info
 logger = logging.getLogger(__name__)
 
 
+def _deadline(max_seconds: float | None, start: float):
+    """A monitor that stops the iterations once ``max_seconds`` have passed (None: never)."""
+    if max_seconds is None:
+        return None
+    limit = parse_float(max_seconds, "max_seconds", low=0.0, low_open=True)
+    return lambda u, v: time.perf_counter() - start >= limit
+
+
 def _finish(engine, st, *, algorithm, params, seq, a, start, dtype) -> FactorizationResult:
     u, v = (st.v, st.u) if engine.transpose else (st.u, st.v)
     rel = float(np.sqrt(st.residual2 / st.fro2)) if st.fro2 else 0.0
@@ -66,6 +74,7 @@ def factorize(
     storage_options: dict | None = None,
     checkpoint: Any = None,
     progress: Any = None,
+    max_seconds: float | None = None,
 ) -> FactorizationResult:
     """Factorize ``a ≈ u @ v.T`` with weight decay, blockwise: one pass per iteration.
 
@@ -95,6 +104,9 @@ def factorize(
         "svd" (default for ALS on complete data): U = U_k S^{1/2}, V = V_k S^{1/2}
         from a randomized SVD (2 passes); "random" (default for GD and with missing
         entries): small Gaussian factors.
+    max_seconds : float, optional
+        Stop after the iteration during which this much wall time has passed
+        (a time budget for batch jobs; ``converged`` is then False).
     missing : {None, "nan"}
         "nan": NaN entries are missing and left out of the loss. A ratings group
         (``dlowrank convert --ratings``) is always read sparse: only its stored
@@ -154,7 +166,7 @@ def factorize(
         u, v = _fz.random_init((m, n), k, seq, 1e-2)
         st = _fz.State(u, v)
     run = _fz.als if method == "als" else _fz.gradient_descent
-    st = run(engine, st, alpha, masked, max_iter, tol)
+    st = run(engine, st, alpha, masked, max_iter, tol, monitor=_deadline(max_seconds, start))
     return _finish(
         engine,
         st,
@@ -181,6 +193,7 @@ def nmf(
     storage_options: dict | None = None,
     checkpoint: Any = None,
     progress: Any = None,
+    max_seconds: float | None = None,
 ) -> FactorizationResult:
     """Non-negative factorization ``a ≈ u @ v.T`` with ``u, v >= 0``, blockwise.
 
@@ -200,7 +213,7 @@ def nmf(
         NNDSVD (Boutsidis & Gallopoulos 2008) from a streaming randomized SVD (2
         passes); "nndsvda" fills its zeros with the RMS of A / sqrt(rank) (needed by
         "mu", whose zeros never move); "random": uniform with that scale.
-    max_iter, tol, weight_decay, seed
+    max_iter, tol, weight_decay, seed, max_seconds
         As in :func:`factorize` (tol relative to the objective).
 
     Returns
@@ -250,7 +263,7 @@ def nmf(
         scale = 1.0
     if scale is None:  # random: scale so that W H^T has A's size on average (first pass fixes it)
         w, h = w * 0.1, h * 0.1
-    st = _fz.nmf(engine, w, h, alpha, solver, max_iter, tol)
+    st = _fz.nmf(engine, w, h, alpha, solver, max_iter, tol, monitor=_deadline(max_seconds, start))
     return _finish(
         engine,
         st,

@@ -71,3 +71,19 @@ def test_bench_command_prints_json():
     line = [ln for ln in res.output.splitlines() if ln.startswith("{")][-1]
     rows = json.loads(line)["rows"]
     assert [r["method"].split(" ")[0] for r in rows] == ["read", "dask", "dlowrank", "dlowrank"]
+
+
+def test_factorization_bench_at_tiny_scale():
+    from dlowrank.bench_factor import bench_completion, bench_gd_vs_als
+
+    rows = bench_gd_vs_als(m=400, n=200, say=lambda line: None)
+    assert [r["method"] for r in rows] == [
+        "als from svd factors",
+        "als from random factors",
+        "gd from random factors",
+    ]
+    assert all(r["reached"] for r in rows)  # each came within 1e-4 of the SVT optimum
+    assert rows[2]["passes"] > rows[1]["passes"]  # GD needs more passes than ALS
+    comp = bench_completion(weight_decays=(1.0,), scale=0.01, say=lambda line: None)
+    oracle, als = comp
+    assert oracle["rmse"] < als["rmse"] < 1.0 and als["passes"] == 10

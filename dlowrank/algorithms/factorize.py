@@ -87,7 +87,13 @@ def _check_observed(engine: PassEngine, out, masked: bool) -> None:
 
 
 def als(
-    engine: PassEngine, st: State, alpha: float, masked: bool, max_iter: int, tol: float
+    engine: PassEngine,
+    st: State,
+    alpha: float,
+    masked: bool,
+    max_iter: int,
+    tol: float,
+    monitor=None,
 ) -> State:
     """Alternating ridge solves; each iteration is one fused pass (U from V, then V-sums)."""
     n, k = st.v.shape
@@ -110,6 +116,8 @@ def als(
             fit = -2 * np.sum(v * atu) + np.sum(out.sums["utu"] * (v.T @ v))
         st.u, st.v, st.n_iter = u, v, st.n_iter + 1
         st.residual2 = max(st.fro2 + float(fit), 0.0)  # exact at (U_t, V_t): no extra pass
+        if monitor is not None and monitor(st.u, st.v):  # a benchmark's own stopping rule
+            break
         if _converged(st.loss, tol):
             st.converged = True
             break
@@ -119,7 +127,13 @@ def als(
 
 
 def gradient_descent(
-    engine: PassEngine, st: State, alpha: float, masked: bool, max_iter: int, tol: float
+    engine: PassEngine,
+    st: State,
+    alpha: float,
+    masked: bool,
+    max_iter: int,
+    tol: float,
+    monitor=None,
 ) -> State:
     """Gradient descent with Nesterov momentum; A V and A^T U come from one read per step.
 
@@ -154,6 +168,8 @@ def gradient_descent(
             continue
         best = (loss, y_u, y_v, grad_u, grad_v, float(out.sums["res2"]))
         st.loss.append(loss)
+        if monitor is not None and monitor(y_u, y_v):
+            break
         if _converged(st.loss, tol):
             st.converged = True
             break
@@ -175,6 +191,7 @@ def nmf(
     max_iter: int,
     tol: float,
     name: str = "a",
+    monitor=None,
 ) -> State:
     """Blockwise HALS or multiplicative updates; each iteration is one fused pass."""
     st = State(w, h)
@@ -193,6 +210,8 @@ def nmf(
         st.residual2 = max(
             st.fro2 - 2 * float(np.sum(h * atw)) + float(np.sum(wtw * (h.T @ h))), 0.0
         )
+        if monitor is not None and monitor(st.u, st.v):
+            break
         if _converged(st.loss, tol):
             st.converged = True
             break
