@@ -160,7 +160,7 @@ def ratings_recipe(
 
 
 def bench_completion(
-    weight_decays: tuple[float, ...] = (1.0, 3.0, 10.0),
+    weight_decays: tuple[float, ...] = (0.3, 1.0, 3.0),
     max_iter: int = 10,
     seed: int = 0,
     workdir: str | None = None,
