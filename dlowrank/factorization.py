@@ -165,8 +165,13 @@ def factorize(
     else:
         u, v = _fz.random_init((m, n), k, seq, 1e-2)
         st = _fz.State(u, v)
-    run = _fz.als if method == "als" else _fz.gradient_descent
-    st = run(engine, st, alpha, masked, max_iter, tol, monitor=_deadline(max_seconds, start))
+    monitor = _deadline(max_seconds, start)
+    if method == "als":
+        st = _fz.als(engine, st, alpha, masked, max_iter, tol, monitor=monitor)
+    else:
+        st = _fz.gradient_descent(
+            engine, st, alpha, masked, max_iter, tol, monitor=monitor, rescale=init == "random"
+        )
     return _finish(
         engine,
         st,
@@ -211,8 +216,9 @@ def nmf(
     solver : {"hals", "mu"}
     init : {"nndsvd", "nndsvda", "random"}
         NNDSVD (Boutsidis & Gallopoulos 2008) from a streaming randomized SVD (2
-        passes); "nndsvda" fills its zeros with the RMS of A / sqrt(rank) (needed by
-        "mu", whose zeros never move); "random": uniform with that scale.
+        passes); "nndsvda" fills its zeros with the RMS of the rank-k approximation
+        / sqrt(rank) (needed by "mu", whose zeros never move); "random": uniform
+        entries in [0, 0.1).
     max_iter, tol, weight_decay, seed, max_seconds
         As in :func:`factorize` (tol relative to the objective).
 
@@ -232,6 +238,11 @@ def nmf(
     """
     start = time.perf_counter()
     engine = _engine(a, "panel", client, storage_options, progress)
+    if isinstance(engine.source, RatingsSource):
+        raise ParameterError(
+            "nmf needs every entry of `a`; a ratings group leaves most of them "
+            "unobserved (use factorize for ratings, or fill the matrix first)"
+        )
     shape = engine.source.shape
     k = parse_rank(rank, shape, required=True)
     solver = parse_choice(solver, "solver", ("hals", "mu"))
@@ -261,7 +272,7 @@ def nmf(
             fill = float(np.sqrt(np.sum(s**2) / (m * n)) / np.sqrt(k))
         w, h = factor.nndsvd(u, s, vt, fill)
         scale = 1.0
-    if scale is None:  # random: scale so that W H^T has A's size on average (first pass fixes it)
+    if scale is None:  # random: uniform in [0, 0.1)
         w, h = w * 0.1, h * 0.1
     st = _fz.nmf(engine, w, h, alpha, solver, max_iter, tol, monitor=_deadline(max_seconds, start))
     return _finish(
@@ -297,6 +308,11 @@ def canonicalize(u: Any, v: Any) -> tuple[np.ndarray, np.ndarray]:
     u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
     if u.ndim != 2 or v.ndim != 2 or u.shape[1] != v.shape[1]:
         raise ParameterError(f"`u` (m, k) and `v` (n, k) must share k; got {u.shape}, {v.shape}")
+    if u.shape[1] > min(u.shape[0], v.shape[0]):
+        raise ParameterError(
+            f"canonicalize needs k <= min(m, n); got k = {u.shape[1]} for "
+            f"u {u.shape} and v {v.shape}"
+        )
     return factor.canonical(u, v)
 
 

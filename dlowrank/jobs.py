@@ -127,6 +127,11 @@ def _coerce(opt: Option, value: Any, where: str) -> Any:
         except json.JSONDecodeError:
             ok = False
         ok = ok and isinstance(value, dict)
+    if not ok and kind is float and isinstance(value, str):
+        try:  # YAML reads 1e-10 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if not ok:
         name = getattr(kind, "__name__", str(kind))
         raise ParameterError(f"{where}`{opt.name}` must be of type {name}; got {value!r}")
@@ -263,6 +268,8 @@ def run_job(
                 f"{cfg.out} already holds this result (same input fingerprint and parameters); "
                 "nothing to do"
             )
+            if cfg.command == "spectrum" and o.get("plot"):
+                _replot(cfg)
             return Outcome("already done", {"output": cfg.out})
         if not o.get("overwrite"):
             raise OutputExistsError(
@@ -311,6 +318,41 @@ def _check_params(cfg: JobConfig, shape: tuple[int, int]) -> None:
                 raise ParameterError("`tol` needs the multi-pass algorithm; drop --passes 1")
     else:
         parse_rank(o["rank"], shape, required=True)
+    _check_options(cfg.command, o)
+
+
+def _check_options(command: str, o: dict) -> None:
+    """The value rules of every option, so that --dry-run catches what a run would."""
+    from dlowrank.params import parse_choice, parse_float, parse_int
+
+    ints = {
+        "n_power_iter": 0,
+        "n_oversamples": 0,
+        "max_rank": 1,
+        "sketch_size": 1,
+        "max_iter": 1,
+        "workers": 0,
+        "threads_per_worker": 1,
+    }
+    for name, low in ints.items():
+        if o.get(name) is not None:
+            parse_int(o[name], name, low)
+    if o.get("weight_decay") is not None:
+        parse_float(o["weight_decay"], "weight_decay", low=0.0)
+    if o.get("tol") is not None:
+        if command == "svd":
+            parse_float(o["tol"], "tol", low=0.0, high=1.0, low_open=True, high_open=True)
+        else:
+            parse_float(o["tol"], "tol", low=0.0)
+    if o.get("seed") is not None:
+        parse_int(o["seed"], "seed", 0)
+    if command == "factorize":
+        parse_choice(o["method"], "method", ("als", "gd"))
+        parse_choice(o["missing"], "missing", (None, "nan"))
+        parse_choice(o["init"], "init", (None, "svd", "random"))
+    if command == "nmf":
+        parse_choice(o["solver"], "solver", ("hals", "mu"))
+        parse_choice(o["init"], "init", ("nndsvd", "nndsvda", "random"))
 
 
 def _svd_call(cfg: JobConfig, client: Any, ckpt: str | None, progress: Any) -> Any:
@@ -467,3 +509,14 @@ def _run_nmf(cfg, client, ckpt, progress, fp, say) -> dict:
         "converged": r.converged,
         "loss": float(r.loss[-1]),
     }
+
+
+def _replot(cfg: JobConfig) -> None:
+    """Draw the spectrum plot of a stored spectrum result (a rerun with a new --plot)."""
+    from dlowrank.plots import plot_spectrum
+    from dlowrank.results import load
+
+    r = load(cfg.out, storage_options=cfg.options.get("storage_options"))
+    s = np.asarray(r.s, dtype=np.float64)
+    total = float(np.sum(s**2) / max(1.0 - r.rel_error**2, np.finfo(float).tiny))
+    plot_spectrum(s, total, cfg.options["plot"], title=os.path.basename(cfg.input.rstrip("/")))

@@ -82,7 +82,9 @@ def parse_seed(seed: Any) -> np.random.SeedSequence:
 def parse_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     """One of ``choices``; the message lists them."""
     if value not in choices:
-        raise ParameterError(f"`{name}` must be one of {', '.join(choices)}; got {value!r}")
+        raise ParameterError(
+            f"`{name}` must be one of {', '.join(map(str, choices))}; got {value!r}"
+        )
     return value
 
 

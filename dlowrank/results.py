@@ -164,7 +164,9 @@ class FactorizationResult(_Provenance):
     1/2 ||mask * (u v^T - a)||_F^2 + weight_decay/2 (||u||_F^2 + ||v||_F^2),
     its last entry the objective at the returned factors;
     ``rel_error`` is ||mask * (a - u v^T)||_F / ||mask * a||_F at the returned
-    factors; ``passes`` counts the full reads of ``a`` (initialization included).
+    factors (for ALS and NMF computed from the pass's sums, so it bottoms out near
+    sqrt(eps) ~ 1e-8 for a near-perfect fit); ``passes`` counts the full reads of
+    ``a`` (initialization included).
     """
 
     u: np.ndarray = None

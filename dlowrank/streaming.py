@@ -49,6 +49,12 @@ def _engine(
     )
 
 
+def _version() -> str:
+    from dlowrank import __version__
+
+    return __version__
+
+
 def _attach_checkpoint(
     engine: PassEngine, checkpoint: Any, algorithm: str, params: dict, seed: np.random.SeedSequence
 ) -> None:
@@ -58,6 +64,7 @@ def _attach_checkpoint(
     if not isinstance(checkpoint, Checkpoint):
         meta = {
             "algorithm": algorithm,
+            "version": _version(),  # passes saved by other code are not mixed in
             "input_fingerprint": fingerprint(engine.source),
             "params": params,
             "seed": seed_record(seed),

@@ -417,3 +417,42 @@ def test_factorize_and_nmf_commands(matrix, tmp_path):
         "clip the data, or use factorize)"
     )
     assert not (tmp_path / "n.zarr").exists()
+
+
+def test_dry_run_catches_every_invalid_option(matrix, tmp_path):
+    out = str(tmp_path / "r.zarr")
+    cases = [
+        (["factorize", "--rank", "3", "--method", "sgd"], "`method` must be one of als, gd"),
+        (["factorize", "--rank", "3", "--weight-decay", "-1"], "`weight_decay` must be"),
+        (["factorize", "--rank", "3", "--missing", "zero"], "`missing` must be one of"),
+        (["nmf", "--rank", "3", "--solver", "x"], "`solver` must be one of hals, mu"),
+        (["nmf", "--rank", "3", "--max-iter", "0"], "`max_iter` must be an integer >= 1"),
+        (["svd", "--rank", "3", "--n-oversamples", "-2"], "`n_oversamples` must be"),
+    ]
+    for args, pattern in cases:
+        res = CliRunner().invoke(main, [args[0], matrix, "--out", out, *args[1:], "--dry-run"])
+        assert res.exit_code == 2 and pattern in res.output, (args, res.output)
+
+
+def test_yaml_float_without_a_dot_is_a_float(matrix, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"command: factorize\ninput: {matrix}\nout: {tmp_path / 'f.zarr'}\nrank: 3\ntol: 1e-10\n"
+    )
+    assert load_job_file(job).options["tol"] == 1e-10
+
+
+def test_convert_refuses_complex_even_with_a_dtype(tmp_path):
+    np.save(tmp_path / "c.npy", np.ones((3, 3), dtype=complex))
+    res = CliRunner().invoke(
+        main,
+        [
+            "convert",
+            str(tmp_path / "c.npy"),
+            "--out",
+            str(tmp_path / "c.zarr"),
+            "--dtype",
+            "float64",
+        ],
+    )
+    assert res.exit_code == 2 and "complex" in res.output

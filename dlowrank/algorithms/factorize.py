@@ -19,7 +19,7 @@ import numpy as np
 
 from dlowrank.algorithms import rsvd as _rsvd
 from dlowrank.algorithms.common import check_finite
-from dlowrank.errors import InputError
+from dlowrank.errors import InputError, ParameterError
 from dlowrank.kernels import factor, passkernels, random
 from dlowrank.passes import PassEngine
 
@@ -134,18 +134,22 @@ def gradient_descent(
     max_iter: int,
     tol: float,
     monitor=None,
+    rescale: bool = False,
 ) -> State:
     """Gradient descent with Nesterov momentum; A V and A^T U come from one read per step.
 
     Step sizes are the blockwise Lipschitz constants 1 / (||V^T V||_2 + alpha) and
-    1 / (||U^T U||_2 + alpha). The loss at each point comes from the same pass; if it
-    went up, the momentum restarts (O'Donoghue & Candès 2015), the steps halve and
-    the next point is a plain gradient step from the best point, so the returned
-    loss sequence never increases.
+    1 / (||U^T U||_2 + alpha). The loss at each point comes from the same pass. If it
+    went up after a momentum step, the momentum restarts (O'Donoghue & Candès 2015)
+    with a plain gradient step from the best point; only if a plain step fails too
+    do the steps halve, and they grow back (x1.25, up to the Lipschitz step) after
+    each accepted step. The returned loss sequence never increases. With
+    ``rescale`` (random starts) the first pass only measures ||A||_F and scales the
+    start to A, so the iterations do not depend on A's units.
     """
     best = None  # (loss, u, v, grad_u, grad_v, residual2)
     y_u, y_v = st.u, st.v
-    x_u, x_v, t, shrink = st.u, st.v, 1.0, 1.0
+    x_u, x_v, t, shrink, plain = st.u, st.v, 1.0, 1.0, False
 
     def step(u, v, gu, gv):
         su = shrink / (np.linalg.norm(v.T @ v, 2) + alpha + 1e-300)
@@ -154,23 +158,36 @@ def gradient_descent(
 
     for _ in range(max_iter):
         out = engine.run(passkernels.residual_step, y_u, y_v, masked, st.fro2 is None)
+        st.n_iter += 1
         if st.fro2 is None:
             st.fro2 = float(out.sums["fro2"])
             check_finite(engine, st.fro2)
-        st.n_iter += 1
+            _check_observed(engine, out, masked)
+            if rescale:  # small random factors scaled to A: entries 1e-2 sqrt(rms(A))
+                m, n = engine.tall_shape
+                c = (st.fro2 / (m * n)) ** 0.25
+                y_u, y_v = y_u * c, y_v * c
+                x_u, x_v = y_u, y_v
+                continue
         loss = 0.5 * float(out.sums["res2"]) + _penalty(alpha, y_u, y_v)
         grad_u = np.concatenate(out.rows["rv"]) + alpha * y_u
         grad_v = out.sums["rtu"] + alpha * y_v
         if best is not None and loss > best[0]:
-            shrink, t = shrink * 0.5, 1.0  # restart from the best point
+            if plain:  # even a plain gradient step failed: smaller steps
+                shrink *= 0.5
+            t, plain = 1.0, True  # restart the momentum from the best point
             x_u, x_v = best[1], best[2]
             y_u, y_v = step(best[1], best[2], best[3], best[4])
             continue
+        if best is not None:
+            shrink = min(1.0, shrink * 1.25)
+        plain = False
         best = (loss, y_u, y_v, grad_u, grad_v, float(out.sums["res2"]))
         st.loss.append(loss)
         if monitor is not None and monitor(y_u, y_v):
             break
-        if _converged(st.loss, tol):
+        # momentum makes single steps uneven: ask for a small change over 10 steps
+        if len(st.loss) > 10 and st.loss[-11] - st.loss[-1] <= 10 * tol * abs(st.loss[-11]):
             st.converged = True
             break
         u_new, v_new = step(y_u, y_v, grad_u, grad_v)
@@ -178,6 +195,11 @@ def gradient_descent(
         beta = (t - 1) / t_new
         y_u, y_v = u_new + beta * (u_new - x_u), v_new + beta * (v_new - x_v)
         x_u, x_v, t = u_new, v_new, t_new
+    if best is None:  # max_iter = 1 with a rescaled start: nothing evaluated yet
+        raise ParameterError(
+            "`max_iter` must be at least 2 for gradient descent from random "
+            "factors (the first pass measures A to scale the start)"
+        )
     _, st.u, st.v, _, _, st.residual2 = best
     return st
 

@@ -115,9 +115,13 @@ def fingerprint(source: Any) -> str:
     url = getattr(source, "url", None)
     if url is None:
         array = getattr(source, "array", None)
-        if array is not None:  # a zarr.Array handed in: identify it by its store path
+        root = getattr(getattr(array, "store", None), "root", None)
+        if root is not None:  # a zarr.Array on a local store: list its files as for a URL
+            url = os.path.join(str(root), array.path) if array.path else str(root)
+        elif array is not None:  # another store: its identity and metadata only
             return tokenize(repr(array.store_path), array.metadata.to_dict())[:32]
-        return tokenize(getattr(source, "x", source))[:32]
+        else:
+            return tokenize(getattr(source, "x", source))[:32]
     fs, path = fsspec.core.url_to_fs(url, **(getattr(source, "storage_options", None) or {}))
     digest = hashlib.sha256()
     for file, info in sorted(fs.find(path, detail=True).items()):

@@ -119,7 +119,8 @@ def convert(
         arr = _open_array(path, fmt, dataset)
         where = f"input {path}"
         check_shape(tuple(arr.shape), where)
-        target = np.dtype(dtype) if dtype is not None else compute_dtype(arr.dtype, where)
+        computed = compute_dtype(arr.dtype, where)  # refuses complex, strings, objects
+        target = np.dtype(dtype) if dtype is not None else computed
         x = da.from_array(arr, chunks=chunks or "auto").astype(target)
 
         def write(tmp: str) -> None:

@@ -89,6 +89,11 @@ def write_ratings(
 ) -> RatingsSource:
     """Sort triplets by row, check them, and publish them as a ratings group at ``out``."""
     out = os.fspath(out)
+    for name, idx in (("row", rows), ("column", cols)):
+        idx = np.asarray(idx)
+        if idx.size and idx.dtype.kind == "f" and not np.all(idx == np.round(idx)):
+            i = int(np.argmax(idx != np.round(idx)))
+            raise InputError(f"{name} index {float(idx[i])!r} (entry {i}) is not a whole number")
     rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
     vals = np.asarray(vals, dtype=np.float64)
     if not (rows.shape == cols.shape == vals.shape) or rows.ndim != 1:
@@ -147,7 +152,7 @@ def read_table(path: str, columns: tuple[str, str, str] | None = None) -> tuple[
     else:
         with open(path) as f:
             first = f.readline()
-        has_header = any(c.isalpha() for c in first.replace("e", "").replace("E", ""))
+        has_header = not _numeric_fields(first)
         try:
             data = np.loadtxt(
                 path, delimiter=",", skiprows=1 if has_header else 0, ndmin=2, usecols=(0, 1, 2)
@@ -157,6 +162,16 @@ def read_table(path: str, columns: tuple[str, str, str] | None = None) -> tuple[
                 f"input {path} is not a ratings table (row, column, value): {exc}"
             ) from None
     return np.asarray(data[0]), np.asarray(data[1]), np.asarray(data[2])
+
+
+def _numeric_fields(line: str) -> bool:
+    """True when the first three comma-separated fields all parse as numbers."""
+    fields = line.strip().split(",")[:3]
+    try:
+        [float(f) for f in fields]
+    except ValueError:
+        return False
+    return len(fields) == 3
 
 
 def ratings_from_source(source: Any) -> RatingsSource | None:

@@ -177,9 +177,13 @@ def _residual_sparse(s, rows, u, v, with_fro2) -> dict:
     r = s.copy()
     r.data = np.einsum("tk,tk->t", ui[rowidx], v[s.indices]) - s.data
     sums = {"rtu": np.asarray(r.T @ ui), "res2": np.asarray(np.sum(r.data * r.data))}
+    rows_out = {"rv": np.asarray(r @ v)}
     if with_fro2:
         sums["fro2"] = np.asarray(np.sum(s.data * s.data))
-    return {"sums": sums, "rows": {"rv": np.asarray(r @ v)}, "cols": _EMPTY}
+        sums["col_obs"] = np.bincount(s.indices, minlength=s.shape[1]).astype(np.float64)
+        empty = np.nonzero(np.diff(s.indptr) == 0)[0]
+        rows_out["empty_row"] = np.asarray(empty[0] + rows[0] if empty.size else -1)
+    return {"sums": sums, "rows": rows_out, "cols": _EMPTY}
 
 
 def als_step(block, rows, cols, v, inv_v, alpha, masked, with_fro2) -> dict:
@@ -230,9 +234,14 @@ def residual_step(block, rows, cols, u, v, masked, with_fro2) -> dict:
     if mask is not None:
         r *= mask
     sums = {"rtu": r.T @ ui, "res2": fro2(r)}
+    rows_out = {"rv": r @ v}
     if with_fro2:
         sums["fro2"] = fro2(a)
-    return {"sums": sums, "rows": {"rv": r @ v}, "cols": _EMPTY}
+        if mask is not None:  # unobserved rows and columns are refused after the first pass
+            sums["col_obs"] = mask.sum(axis=0)
+            empty = np.nonzero(mask.sum(axis=1) == 0)[0]
+            rows_out["empty_row"] = np.asarray(empty[0] + rows[0] if empty.size else -1)
+    return {"sums": sums, "rows": rows_out, "cols": _EMPTY}
 
 
 def nmf_step(block, rows, cols, w, h, alpha, solver, with_fro2) -> dict:

@@ -145,3 +145,20 @@ def test_bad_input_is_refused_with_clear_messages():
         dlowrank.factorize(a, 3, missing="nan", init="svd")
     with pytest.raises(InputError, match="NaN or infinite"):
         dlowrank.factorize(holes, 3)  # NaN without missing="nan" is not missing data
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_gradient_descent_does_not_depend_on_the_units_of_a(scale):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200, 3)) @ rng.standard_normal((3, 50))
+    r = dlowrank.factorize(a * scale, 3, method="gd", max_iter=2000, seed=0)
+    assert r.converged and r.rel_error < 1e-6
+
+
+def test_gradient_descent_refuses_unobserved_rows_and_canonicalize_checks_k():
+    a = np.random.default_rng(0).standard_normal((30, 10))
+    a[12] = np.nan
+    with pytest.raises(InputError, match="row 12 of `a` has no observed entry"):
+        dlowrank.factorize(a, 3, method="gd", missing="nan", seed=0)
+    with pytest.raises(ParameterError, match="canonicalize needs k <= min"):
+        dlowrank.canonicalize(np.ones((5, 6)), np.ones((8, 6)))

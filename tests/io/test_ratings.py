@@ -66,3 +66,25 @@ def test_bad_ratings_are_refused(tmp_path):
     write_ratings(tmp_path / "gap.zarr", [0, 2], [0, 1], [1.0, 2.0])  # row 1 has no rating
     with pytest.raises(InputError, match="row 1 of `a` has no observed entry"):
         dlowrank.factorize(str(tmp_path / "gap.zarr"), 1, seed=0)
+
+
+def test_ratings_csv_parsing_is_strict(tmp_path):
+    from dlowrank.io.ratings import read_table
+
+    nan_first = tmp_path / "nan.csv"
+    nan_first.write_text("0,1,nan\n1,0,2.0\n")
+    rows, cols, vals = read_table(str(nan_first))
+    assert rows.size == 2  # the first line is data, not a header
+    with pytest.raises(InputError, match="not finite"):
+        write_ratings(tmp_path / "x.zarr", rows, cols, vals)
+    with pytest.raises(InputError, match="column index 1.7 .* not a whole number"):
+        write_ratings(tmp_path / "y.zarr", [0, 1], [1.7, 0], [1.0, 2.0])
+
+
+def test_nmf_refuses_ratings(tmp_path, triplets):
+    from dlowrank.errors import ParameterError
+
+    rows, cols, vals = triplets
+    write_ratings(tmp_path / "r.zarr", rows, cols, np.abs(vals), shape=(1500, 300))
+    with pytest.raises(ParameterError, match="nmf needs every entry"):
+        dlowrank.nmf(str(tmp_path / "r.zarr"), 3)

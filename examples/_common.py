@@ -1,0 +1,27 @@
+"""Shared bits of the examples: argument parsing and where figures go."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--out", default="figures", help="folder for the PNG figures")
+    p.add_argument("--tiny", action="store_true", help="a very small run (used by the tests)")
+    return p
+
+
+def figure_path(out: str, name: str) -> str:
+    os.makedirs(out, exist_ok=True)
+    return os.path.join(out, name)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
