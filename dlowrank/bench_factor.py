@@ -248,8 +248,12 @@ def bench_gd_vs_als(
         else:
             st = fz.State(*fz.random_init((m, n), rank, seq, 1e-2))
         start = time.perf_counter()
-        run = fz.als if name == "als" else fz.gradient_descent
-        st = run(engine, st, weight_decay, False, 5000, 0.0, monitor=close)
+        if name == "als":
+            st = fz.als(engine, st, weight_decay, False, 5000, 0.0, monitor=close)
+        else:  # as dlowrank.factorize(method="gd") does: the start scaled to A
+            st = fz.gradient_descent(
+                engine, st, weight_decay, False, 5000, 0.0, monitor=close, rescale=init == "random"
+            )
         rows.append(
             {
                 "method": f"{name} from {init} factors",

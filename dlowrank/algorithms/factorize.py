@@ -142,8 +142,8 @@ def gradient_descent(
     1 / (||U^T U||_2 + alpha). The loss at each point comes from the same pass. If it
     went up after a momentum step, the momentum restarts (O'Donoghue & Candès 2015)
     with a plain gradient step from the best point; only if a plain step fails too
-    do the steps halve, and they grow back (x1.25, up to the Lipschitz step) after
-    each accepted step. The returned loss sequence never increases. With
+    do the steps halve (for good: letting them grow back measured 5x more passes on
+    the benchmark's problem). The returned loss sequence never increases. With
     ``rescale`` (random starts) the first pass only measures ||A||_F and scales the
     start to A, so the iterations do not depend on A's units.
     """
@@ -163,9 +163,10 @@ def gradient_descent(
             st.fro2 = float(out.sums["fro2"])
             check_finite(engine, st.fro2)
             _check_observed(engine, out, masked)
-            if rescale:  # small random factors scaled to A: entries 1e-2 sqrt(rms(A))
+            if rescale:  # small random factors scaled to A: U V^T at a tenth of A's RMS
                 m, n = engine.tall_shape
-                c = (st.fro2 / (m * n)) ** 0.25
+                rms = np.sqrt(st.fro2 / (m * n))
+                c = np.sqrt(0.1 * rms / y_u.shape[1]) / max(float(np.std(y_u)), 1e-300)
                 y_u, y_v = y_u * c, y_v * c
                 x_u, x_v = y_u, y_v
                 continue
@@ -179,8 +180,6 @@ def gradient_descent(
             x_u, x_v = best[1], best[2]
             y_u, y_v = step(best[1], best[2], best[3], best[4])
             continue
-        if best is not None:
-            shrink = min(1.0, shrink * 1.25)
         plain = False
         best = (loss, y_u, y_v, grad_u, grad_v, float(out.sums["res2"]))
         st.loss.append(loss)
