@@ -286,6 +286,12 @@ def cumulative_energy(s: Any, *, total_energy: float | None = None) -> np.ndarra
     """Fraction of ``||A||_F^2`` in the first k singular values, k = 1..len(s).
 
     ``total_energy`` is ``||A||_F^2`` when ``s`` is only the top of the spectrum.
+
+    Examples
+    --------
+    >>> import dlowrank
+    >>> dlowrank.cumulative_energy([3.0, 1.0]).tolist()
+    [0.9, 1.0]
     """
     arr = _parse_spectrum(s)
     if total_energy is not None:
@@ -312,7 +318,14 @@ def rank_for_energy(s: Any, fraction: float, *, total_energy: float | None = Non
 
 
 def stable_rank(s: Any, *, total_energy: float | None = None) -> float:
-    """Stable rank ``||A||_F^2 / ||A||_2^2``, a robust count of significant directions."""
+    """Stable rank ``||A||_F^2 / ||A||_2^2``, a robust count of significant directions.
+
+    Examples
+    --------
+    >>> import numpy as np, dlowrank
+    >>> float(dlowrank.stable_rank(np.ones(7)))
+    7.0
+    """
     return spectrum.stable_rank(_parse_spectrum(s), total_energy)
 
 

@@ -317,7 +317,16 @@ def canonicalize(u: Any, v: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def predict(result: FactorizationResult, rows: Any, cols: Any) -> np.ndarray:
-    """Predicted entries ``u[rows[t]] . v[cols[t]]`` for index arrays of equal length."""
+    """Predicted entries ``u[rows[t]] . v[cols[t]]`` for index arrays of equal length.
+
+    Examples
+    --------
+    >>> import numpy as np, dlowrank
+    >>> a = np.outer([1.0, 2.0, 3.0], [1.0, 0.5])
+    >>> r = dlowrank.factorize(a, 1)
+    >>> np.round(dlowrank.predict(r, [2, 0], [1, 0]), 6).tolist()
+    [1.5, 1.0]
+    """
     rows, cols = np.asarray(rows), np.asarray(cols)
     if rows.shape != cols.shape:
         raise ParameterError(
@@ -332,7 +341,15 @@ def predict(result: FactorizationResult, rows: Any, cols: Any) -> np.ndarray:
 
 
 def rmse(result: FactorizationResult, rows: Any, cols: Any, values: Any) -> float:
-    """Root mean squared error of the predictions on held-out (rows, cols, values)."""
+    """Root mean squared error of the predictions on held-out (rows, cols, values).
+
+    Examples
+    --------
+    >>> import numpy as np, dlowrank
+    >>> r = dlowrank.factorize(np.outer([1.0, 2.0], [1.0, 1.0]), 1)
+    >>> round(dlowrank.rmse(r, [0, 1], [0, 1], [1.0, 2.5]), 6)
+    0.353553
+    """
     values = np.asarray(values, dtype=np.float64)
     return float(np.sqrt(np.mean((predict(result, rows, cols) - values) ** 2)))
 

@@ -220,6 +220,15 @@ def generate(
     attribute. Returns a :class:`TestMatrix` whose ``array`` reads the stored
     matrix. Parameters as :func:`make_matrix`, plus ``overwrite`` (replace an
     existing array once the new one is complete) and fsspec ``storage_options``.
+
+    Examples
+    --------
+    >>> import tempfile, os, numpy as np, dlowrank
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.zarr")
+    >>> t = dlowrank.generate(path, (300, 40), 5, chunks=(100, 40), seed=0)
+    >>> s = np.linalg.svd(dlowrank.open_matrix(path).compute(), compute_uv=False)
+    >>> bool(np.allclose(s[:5], t.singular_values))
+    True
     """
     url = os.fspath(url)
     check_writable(url, overwrite=overwrite, storage_options=storage_options)

@@ -192,7 +192,17 @@ _CLASSES = {"svd": SVDResult, "eigh": EighResult, "factorization": Factorization
 
 
 def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDResult | EighResult:
-    """Load a result saved by ``save``; refuse one without its completion marker."""
+    """Load a result saved by ``save``; refuse one without its completion marker.
+
+    Examples
+    --------
+    >>> import tempfile, os, numpy as np, dlowrank
+    >>> r = dlowrank.exact_svd(np.arange(12.0).reshape(4, 3), 2)
+    >>> path = os.path.join(tempfile.mkdtemp(), "r.zarr")
+    >>> r.save(path)
+    >>> bool(np.array_equal(dlowrank.load(path).s, r.s))
+    True
+    """
     url = os.fspath(url)
     kwargs = {"storage_options": storage_options} if storage_options else {}
     try:

@@ -192,6 +192,15 @@ def open_matrix(url: str | os.PathLike, *, storage_options: dict | None = None) 
     InputError
         Not an array (a group, a plain folder), not 2-D, a zero-length dimension,
         or a non-real-numeric dtype.
+
+    Examples
+    --------
+    >>> import tempfile, os, numpy as np, zarr, dlowrank
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.zarr")
+    >>> zarr.create_array(path, shape=(6, 4), chunks=(3, 4), dtype="i4")[...] = 1
+    >>> x = dlowrank.open_matrix(path)
+    >>> x.chunks, x.dtype.name
+    (((3, 3), (4,)), 'float64')
     """
     url = os.fspath(url)
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
