@@ -288,3 +288,43 @@ def format_table(rows: list[Row]) -> str:
 
 def rows_to_dicts(rows: list[Row]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+def _bare_pass(block, rows, cols) -> dict:
+    """The cheapest useful kernel: ||A_i||_F^2 (a read, a decode and one sweep)."""
+    return {"sums": {"fro2": passkernels.fro2(block)}, "rows": {}, "cols": {}}
+
+
+def bench_throughput(
+    url: str,
+    *,
+    workers: tuple[int, ...] = (1, 2),
+    repeat: int = 2,
+    say: Callable[[str], None] = logger.info,
+) -> list[dict]:
+    """Seconds and MB/s of one engine pass on dask's threads and on LocalClusters of
+    ``workers`` single-threaded processes; the best of ``repeat`` runs each."""
+    rows = []
+    nbytes = int(np.prod(open_matrix(url).shape)) * 8
+    for sched in ("threads", *[f"{w} worker(s)" for w in workers]):
+        say(f"throughput: {sched}")
+        with contextlib.ExitStack() as stack:
+            client = None
+            if sched != "threads":
+                from distributed import Client, LocalCluster
+
+                n = int(sched.split()[0])
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=n,
+                        threads_per_worker=1,
+                        processes=True,
+                        host="127.0.0.1",
+                        dashboard_address=None,
+                    )
+                )
+                client = stack.enter_context(Client(cluster))
+            engine = PassEngine(as_source(url), layout="panel", client=client)
+            best = min(_timed(lambda e=engine: e.run(_bare_pass))[1] for _ in range(repeat))
+        rows.append({"scheduler": sched, "seconds": best, "mb_per_s": nbytes / 1e6 / best})
+    return rows

@@ -47,10 +47,11 @@ def _exit_code(exc: BaseException) -> int | None:
         return EXIT_FAILURE
     try:
         from distributed.comm.core import CommClosedError
-        from distributed.scheduler import KilledWorker
+        from distributed.scheduler import KilledWorker, NoWorkerError
     except ImportError:  # pragma: no cover - distributed is a dependency
         return None
-    return EXIT_FAILURE if isinstance(exc, (CommClosedError, KilledWorker)) else None
+    failures = (CommClosedError, KilledWorker, NoWorkerError)
+    return EXIT_FAILURE if isinstance(exc, failures) else None
 
 
 class _Group(click.Group):
@@ -323,7 +324,7 @@ def demo(shape: tuple[int, int], rank: int, seed: int, as_json: bool) -> None:
 @click.option("--workdir", default=None, help="Where to generate the matrix (default: temp).")
 @click.option(
     "--suite",
-    type=click.Choice(["svd", "factorization"]),
+    type=click.Choice(["svd", "factorization", "throughput"]),
     default="svd",
     show_default=True,
     help="Which comparison to run.",
@@ -359,6 +360,20 @@ def bench(
     from dlowrank.bench import format_table, rows_to_dicts, run_bench
 
     say = lambda line: click.echo(line, err=True)  # noqa: E731
+    if suite == "throughput":
+        from dlowrank.bench import bench_throughput
+
+        if input is None:
+            raise click.UsageError("--suite throughput needs INPUT (a Zarr matrix)")
+        rows = bench_throughput(input, say=say)
+        if as_json:
+            _emit_json({"rows": rows})
+        else:
+            for r in rows:
+                click.echo(
+                    f"{r['scheduler']:12} one pass {r['seconds']:6.2f} s {r['mb_per_s']:8.0f} MB/s"
+                )
+        return
     if suite == "factorization":
         from dlowrank.bench_factor import format_factorization, run_factorization_bench
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 import numpy as np
 
 from dlowrank.errors import OutputExistsError, ParameterError, ResultError, StoreNotFoundError
@@ -47,6 +48,10 @@ RUNTIME = [
     Option("workers", int, None, "LocalCluster worker processes (0: dask threads, no cluster)."),
     Option("threads_per_worker", int, None, "Threads per LocalCluster worker."),
     Option("memory_limit", str, None, "Memory limit per LocalCluster worker, e.g. 2GB."),
+    Option("timeout", float, None, "Fail (exit 4) when one pass takes longer (seconds)."),
+    Option("tls_ca_file", str, None, "CA certificate (PEM) for a TLS cluster."),
+    Option("tls_cert", str, None, "Client certificate (PEM) for a TLS cluster."),
+    Option("tls_key", str, None, "Client private key (PEM) for a TLS cluster."),
 ]
 OUTPUT = [
     Option("overwrite", bool, False, "Replace an existing result once the new one is complete."),
@@ -286,14 +291,20 @@ def run_job(
         "nmf": _run_nmf,
     }[cfg.command]
     from dlowrank.runtime import connect
+    from dlowrank.runtime.client import security_from_files
 
-    with connect(
-        scheduler=o.get("scheduler"),
-        scheduler_file=o.get("scheduler_file"),
-        workers=o.get("workers"),
-        threads_per_worker=o.get("threads_per_worker"),
-        memory_limit=o.get("memory_limit"),
-    ) as client:
+    security = security_from_files(o.get("tls_ca_file"), o.get("tls_cert"), o.get("tls_key"))
+    with (
+        connect(
+            security=security,
+            scheduler=o.get("scheduler"),
+            scheduler_file=o.get("scheduler_file"),
+            workers=o.get("workers"),
+            threads_per_worker=o.get("threads_per_worker"),
+            memory_limit=o.get("memory_limit"),
+        ) as client,
+        dask.config.set({"dlowrank.pass-timeout": o.get("timeout")}),
+    ):
         summary = runner(cfg, client, ckpt, progress, fp, say)
     if ckpt:
         Checkpoint(ckpt, {}, storage_options=so).remove()

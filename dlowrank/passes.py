@@ -244,7 +244,11 @@ class PassEngine:
             self._piece(r, c, kernel, shared) for r in self.row_ranges for c in self.col_ranges
         ]
         client = self.client or self._distributed
-        out = client.gather(client.compute(leaves)) if client is not None else dask.compute(*leaves)
+        out = (
+            client.gather(client.compute(leaves))
+            if client is not None
+            else dask.compute(*leaves, scheduler="threads")
+        )
         self.passes += 1
         return list(out)
 
@@ -272,7 +276,13 @@ class PassEngine:
         self._emit(PassEvent("start", index, 0, len(leaves)))
         client = self.client or self._distributed
         if client is not None:
-            total, rows, cols = client.gather(client.compute([total, rows, cols]))
+            futures = client.compute([total, rows, cols])
+            timeout = dask.config.get("dlowrank.pass-timeout", None)
+            if timeout is not None:  # a job's own limit: never wait forever on a lost cluster
+                from distributed import wait
+
+                wait(futures, timeout=timeout)
+            total, rows, cols = client.gather(futures)
         else:
             # Dask's threads each run a task; BLAS threads on top would oversubscribe the
             # cores (measured: q = 2 on 100,000 x 4,000 took 21.8 s with 2 BLAS threads per
@@ -281,7 +291,7 @@ class PassEngine:
                 threadpool_limits(limits=1, user_api="blas"),
                 _PieceCounter(self, index, len(leaves)),
             ):
-                total, rows, cols = dask.compute(total, rows, cols)
+                total, rows, cols = dask.compute(total, rows, cols, scheduler="threads")
         return PassOutput(
             sums=total,
             rows={k: [r[k] for r in rows] for k in rows[0]},

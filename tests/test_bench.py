@@ -87,3 +87,14 @@ def test_factorization_bench_at_tiny_scale():
     comp = bench_completion(weight_decays=(1.0,), scale=0.01, say=lambda line: None)
     oracle, als = comp
     assert oracle["rmse"] < als["rmse"] < 1.0 and als["passes"] == 10
+
+
+def test_throughput_of_one_pass_on_threads_and_a_worker(tmp_path):
+    from dlowrank.bench import bench_throughput
+
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (4000, 300), 20, chunks=(500, 300), seed=0)
+    rows = bench_throughput(path, workers=(1,), repeat=1)
+    assert [r["scheduler"] for r in rows] == ["threads", "1 worker(s)"]
+    for r in rows:
+        assert r["mb_per_s"] == pytest.approx(4000 * 300 * 8 / 1e6 / r["seconds"])

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from dlowrank.errors import ParameterError
+from dlowrank.errors import DlowrankWarning, ParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,13 @@ def connect(
 
     if address or scheduler_file:
         where = address or scheduler_file
+        if address and security is None and not _private(address):
+            warnings.warn(
+                f"connecting to {address} without TLS: traffic to the scheduler is "
+                "neither encrypted nor authenticated (see cluster/tls)",
+                DlowrankWarning,
+                stacklevel=3,
+            )
         logger.info("connecting to the Dask scheduler at %s", where)
         kwargs = {"security": security} if security is not None else {}
         client = Client(address, scheduler_file=scheduler_file, **kwargs)
@@ -60,8 +68,38 @@ def connect(
     }
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     logger.info("starting a LocalCluster on 127.0.0.1 (%s)", kwargs)
+    if security is not None:
+        kwargs.update(security=security, protocol="tls://")
     with (
         LocalCluster(host="127.0.0.1", dashboard_address=None, processes=True, **kwargs) as cluster,
-        Client(cluster) as client,
+        Client(cluster, security=security) as client,
     ):
         yield client
+
+
+def _private(address: str) -> bool:
+    """True for TLS addresses and for loopback hosts (nothing leaves the machine)."""
+    if address.startswith("tls://"):
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def security_from_files(ca_file: str | None, cert: str | None, key: str | None) -> Any:
+    """A ``distributed.Security`` requiring TLS, from PEM files (None if none given)."""
+    if not (ca_file or cert or key):
+        return None
+    if not (ca_file and cert and key):
+        raise ParameterError("TLS needs all of `tls_ca_file`, `tls_cert` and `tls_key`")
+    from distributed import Security
+
+    return Security(
+        tls_ca_file=ca_file,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+        require_encryption=True,
+    )

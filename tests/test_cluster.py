@@ -1,0 +1,197 @@
+"""Real `dask scheduler` / `dask worker` processes on 127.0.0.1 (cluster/local scripts),
+a worker killed mid-pass, a TLS-only scheduler, no workers at all, and the recipes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import yaml
+from distributed import Client
+
+import dlowrank
+
+CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dask-local")
+    subprocess.run(
+        ["bash", str(CLUSTER / "local" / "start.sh"), "2", "1GB", str(folder)],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    try:
+        with Client(scheduler_file=str(folder / "scheduler.json"), timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield folder / "scheduler.json"
+    finally:
+        subprocess.run(["bash", str(CLUSTER / "local" / "stop.sh"), str(folder)], timeout=60)
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("m") / "a.zarr")
+    dlowrank.generate(path, (20_000, 400), 60, noise=1e-3, chunks=(1_000, 400), seed=3)
+    return path
+
+
+def _same(a, b):
+    np.testing.assert_allclose(b.to_dense(), a.to_dense(), atol=1e-10 * np.abs(a.to_dense()).max())
+
+
+def test_scheduler_and_worker_processes_give_the_local_results(local_cluster, matrix):
+    local = [
+        dlowrank.randomized_svd(matrix, 6, seed=1),
+        dlowrank.sketch_svd(matrix, 6, seed=1),
+        dlowrank.factorize(matrix, 4, weight_decay=0.1, max_iter=5, seed=1),
+    ]
+    with Client(scheduler_file=str(local_cluster)) as client:
+        remote = [
+            dlowrank.randomized_svd(matrix, 6, seed=1, client=client),
+            dlowrank.sketch_svd(matrix, 6, seed=1, client=client),
+            dlowrank.factorize(matrix, 4, weight_decay=0.1, max_iter=5, seed=1, client=client),
+        ]
+    for a, b in zip(local, remote, strict=True):
+        _same(a, b)
+
+
+def test_a_worker_killed_mid_pass_changes_nothing(local_cluster, matrix):
+    reference = dlowrank.randomized_svd(matrix, 6, n_power_iter=6, seed=2)
+    with Client(scheduler_file=str(local_cluster)) as client:
+        pids = client.run(os.getpid)
+        box = {}
+        thread = threading.Thread(
+            target=lambda: box.setdefault(
+                "r", dlowrank.randomized_svd(matrix, 6, n_power_iter=6, seed=2, client=client)
+            )
+        )
+        thread.start()
+        time.sleep(0.5)  # seven passes take a few seconds: this lands inside one
+        assert thread.is_alive()  # the job is still running when its worker dies
+        victim = next(iter(pids.values()))
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=300)
+        client.wait_for_workers(2, timeout=60)  # the nanny restarts it
+        assert victim not in client.run(os.getpid).values()
+    assert "r" in box
+    _same(reference, box["r"])
+
+
+def test_tls_only_scheduler_refuses_a_client_without_certificates(matrix):
+    from distributed import LocalCluster, Security
+
+    reference = dlowrank.randomized_svd(matrix, 4, seed=0)
+    security = Security.temporary()  # a CA and certificates made for this test
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        protocol="tls://",
+        security=security,
+        dashboard_address=None,
+    ) as cluster:
+        assert cluster.scheduler_address.startswith("tls://")
+        # a failed Client leaves dask's scheduler setting behind; config.set restores it
+        with (
+            dask.config.set(scheduler="threads"),
+            pytest.raises((OSError, TimeoutError, TypeError, ValueError)),
+        ):
+            Client(cluster.scheduler_address, timeout=3)
+        with Client(cluster, security=security) as client:
+            r = dlowrank.randomized_svd(matrix, 4, seed=0, client=client)
+    _same(reference, r)
+
+
+def test_a_job_without_workers_fails_within_its_timeout_with_exit_4(matrix, tmp_path):
+    file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": "2s"}
+    scheduler = subprocess.Popen(
+        [
+            "dask",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(file),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            if file.exists() and file.stat().st_size:
+                break
+            time.sleep(0.05)
+        start = time.time()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dlowrank",
+                "svd",
+                matrix,
+                "--out",
+                str(tmp_path / "r.zarr"),
+                "--rank",
+                "3",
+                "--scheduler-file",
+                str(file),
+                "--timeout",
+                "20",
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 4, proc.stderr
+        assert time.time() - start < 30
+        assert proc.stderr.startswith("error: storage or cluster failure")
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "r.zarr").exists()
+    finally:
+        scheduler.kill()
+        scheduler.wait()
+
+
+def test_recipes_parse_and_name_only_existing_dask_options():
+    for path in CLUSTER.rglob("*.yaml"):
+        docs = list(yaml.safe_load_all(path.read_text()))
+        assert docs and all(isinstance(d, dict) for d in docs), path
+    helps = {
+        cmd: subprocess.run(
+            ["dask", cmd, "--help"], capture_output=True, text=True, timeout=60
+        ).stdout
+        for cmd in ("scheduler", "worker")
+    }
+    import re
+
+    for path in [
+        *CLUSTER.rglob("*.sh"),
+        *CLUSTER.rglob("*.sbatch"),
+        *CLUSTER.rglob("*.yaml"),
+        CLUSTER / "tls" / "README.md",
+    ]:
+        text = path.read_text()
+        for cmd, args in re.findall(
+            r"dask\"?,?\s*\"?(scheduler|worker)\b([^\n]*(?:\\\n[^\n]*)*)", text
+        ):
+            for flag in re.findall(r"--[a-z][a-z-]+", args):
+                if flag in ("--name",) and cmd == "worker":
+                    continue
+                assert flag in helps[cmd], f"{path.name}: dask {cmd} has no {flag}"
