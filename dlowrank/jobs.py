@@ -287,8 +287,8 @@ def run_job(
     runner = {
         "svd": _run_svd,
         "spectrum": _run_spectrum,
-        "factorize": _run_factorize,
-        "nmf": _run_nmf,
+        "factorize": _run_factorization,
+        "nmf": _run_factorization,
     }[cfg.command]
     from dlowrank.runtime import connect
     from dlowrank.runtime.client import security_from_files
@@ -467,51 +467,22 @@ def _run_spectrum(cfg, client, ckpt, progress, fp, say) -> dict:
     }
 
 
-def _run_factorize(cfg, client, ckpt, progress, fp, say) -> dict:
-    from dlowrank.factorization import factorize
+def _run_factorization(cfg, client, ckpt, progress, fp, say) -> dict:
+    """factorize or nmf: the job's own options (those of the command's schema) pass through."""
+    from dlowrank.factorization import factorize, nmf
 
     o = cfg.options
-    r = factorize(
+    own = {opt.name for opt in COMMANDS[cfg.command]} - {x.name for x in OUTPUT + RUNTIME}
+    kwargs = {k: o[k] for k in own if k != "rank"}
+    call = factorize if cfg.command == "factorize" else nmf
+    r = call(
         cfg.input,
         o["rank"],
-        weight_decay=o["weight_decay"],
-        method=o["method"],
-        max_iter=o["max_iter"],
-        tol=o["tol"],
-        init=o["init"],
-        missing=o["missing"],
-        seed=o["seed"],
         client=client,
         checkpoint=ckpt,
         progress=progress,
         storage_options=o.get("storage_options"),
-    )
-    r = _publish(r, cfg, fp)
-    return {
-        **_summary(r, cfg),
-        "n_iter": r.n_iter,
-        "converged": r.converged,
-        "loss": float(r.loss[-1]),
-    }
-
-
-def _run_nmf(cfg, client, ckpt, progress, fp, say) -> dict:
-    from dlowrank.factorization import nmf
-
-    o = cfg.options
-    r = nmf(
-        cfg.input,
-        o["rank"],
-        solver=o["solver"],
-        init=o["init"],
-        max_iter=o["max_iter"],
-        tol=o["tol"],
-        weight_decay=o["weight_decay"],
-        seed=o["seed"],
-        client=client,
-        checkpoint=ckpt,
-        progress=progress,
-        storage_options=o.get("storage_options"),
+        **kwargs,
     )
     r = _publish(r, cfg, fp)
     return {

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import scipy.sparse
@@ -172,7 +171,3 @@ def _numeric_fields(line: str) -> bool:
     except ValueError:
         return False
     return len(fields) == 3
-
-
-def ratings_from_source(source: Any) -> RatingsSource | None:
-    return source if isinstance(source, RatingsSource) else None

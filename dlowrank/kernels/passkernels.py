@@ -54,15 +54,6 @@ def range_and_adjoint(block, rows, cols, x, with_fro2) -> dict:
     return {"sums": sums, "rows": {"y": y}, "cols": _EMPTY}
 
 
-def rayleigh(block, rows, cols, x, with_fro2) -> dict:
-    """Final panel kernel of a symmetric A: T += X_i^T (A_i X) = X^T A X."""
-    a = _f64(block)
-    sums = {"t": x[rows[0] : rows[1]].T @ (a @ x)}
-    if with_fro2:
-        sums["fro2"] = fro2(a)
-    return {"sums": sums, "rows": _EMPTY, "cols": _EMPTY}
-
-
 def project(block, rows, cols, q) -> dict:
     """B += Q_i^T A_i: the explicit projection, when W = A^T Y cannot be used safely."""
     return {"sums": {"b": q[rows[0] : rows[1]].T @ _f64(block)}, "rows": _EMPTY, "cols": _EMPTY}
