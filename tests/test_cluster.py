@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -69,23 +68,21 @@ def test_scheduler_and_worker_processes_give_the_local_results(local_cluster, ma
 def test_a_worker_killed_mid_pass_changes_nothing(local_cluster, matrix):
     reference = dlowrank.randomized_svd(matrix, 6, n_power_iter=6, seed=2)
     with Client(scheduler_file=str(local_cluster)) as client:
-        pids = client.run(os.getpid)
-        box = {}
-        thread = threading.Thread(
-            target=lambda: box.setdefault(
-                "r", dlowrank.randomized_svd(matrix, 6, n_power_iter=6, seed=2, client=client)
-            )
+        victim = next(iter(client.run(os.getpid).values()))
+        killed = []
+
+        def kill_at_pass_3(event):  # the moment pass 3's tasks are submitted
+            if event.stage == "start" and event.index == 3 and not killed:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+
+        r = dlowrank.randomized_svd(
+            matrix, 6, n_power_iter=6, seed=2, client=client, progress=kill_at_pass_3
         )
-        thread.start()
-        time.sleep(0.5)  # seven passes take a few seconds: this lands inside one
-        assert thread.is_alive()  # the job is still running when its worker dies
-        victim = next(iter(pids.values()))
-        os.kill(victim, signal.SIGKILL)
-        thread.join(timeout=300)
         client.wait_for_workers(2, timeout=60)  # the nanny restarts it
-        assert victim not in client.run(os.getpid).values()
-    assert "r" in box
-    _same(reference, box["r"])
+        assert killed and victim not in client.run(os.getpid).values()
+    assert r.passes == 7
+    _same(reference, r)
 
 
 def test_tls_only_scheduler_refuses_a_client_without_certificates(matrix):
