@@ -14,6 +14,7 @@ import numpy as np
 
 from dlowrank.errors import InputError, ParameterError
 from dlowrank.io.matrix import as_dask_matrix
+from dlowrank.io.source import input_info
 from dlowrank.kernels import exact, spectrum
 from dlowrank.params import parse_float, parse_int, parse_rank
 from dlowrank.results import EighResult, SVDResult
@@ -22,17 +23,6 @@ logger = logging.getLogger(__name__)
 
 #: Largest input (bytes, in its compute dtype) the exact paths load by default.
 EXACT_MAX_BYTES = 2 << 30
-
-
-def _input_info(x: da.Array, source: Any) -> dict:
-    info = {
-        "shape": [int(d) for d in x.shape],
-        "dtype": str(x.dtype),
-        "chunks": [int(c[0]) for c in x.chunks],
-    }
-    if isinstance(source, str):
-        info["source"] = source
-    return info
 
 
 def _first_nonfinite(arr: np.ndarray) -> tuple[int, tuple[int, int]] | None:
@@ -62,7 +52,7 @@ def _load_small(
             f"`{name}` holds {count} NaN or infinite values (the first at row {i}, "
             f"column {j}); dlowrank needs finite input"
         )
-    return arr, _input_info(x, source if isinstance(source, str) else None)
+    return arr, input_info(x, source)
 
 
 def exact_svd(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYTES) -> SVDResult:

@@ -261,19 +261,15 @@ def nmf(
     }
     _attach_checkpoint(engine, checkpoint, "nmf", params, seq)
     m, n = engine.tall_shape
-    if init == "random":
+    if init == "random":  # uniform in [0, 0.1)
         rng = np.random.default_rng(seq)
-        w, h = rng.random((m, k)), rng.random((n, k))
-        scale = None
+        w, h = 0.1 * rng.random((m, k)), 0.1 * rng.random((n, k))
     else:
         u, s, vt = _fz.svd_init(engine, k, seq)
         fill = 0.0
         if init == "nndsvda" or solver == "mu":
             fill = float(np.sqrt(np.sum(s**2) / (m * n)) / np.sqrt(k))
         w, h = factor.nndsvd(u, s, vt, fill)
-        scale = 1.0
-    if scale is None:  # random: uniform in [0, 0.1)
-        w, h = w * 0.1, h * 0.1
     st = _fz.nmf(engine, w, h, alpha, solver, max_iter, tol, monitor=_deadline(max_seconds, start))
     return _finish(
         engine,

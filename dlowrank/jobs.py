@@ -444,7 +444,7 @@ def _run_spectrum(cfg, client, ckpt, progress, fp, say) -> dict:
     )
     s = np.asarray(r.s, dtype=np.float64)
     # ||A||_F^2 from the exact error of the rank-k result: sum s^2 = (1 - err^2) ||A||_F^2
-    total = float(np.sum(s**2) / max(1.0 - r.rel_error**2, np.finfo(float).tiny))
+    total = _total_energy(s, r.rel_error)
     shape = r.input["shape"]
     summary = spectrum_summary(s, full_rank=min(shape), total_energy=total)
     if o.get("plot"):
@@ -500,5 +500,10 @@ def _replot(cfg: JobConfig) -> None:
 
     r = load(cfg.out, storage_options=cfg.options.get("storage_options"))
     s = np.asarray(r.s, dtype=np.float64)
-    total = float(np.sum(s**2) / max(1.0 - r.rel_error**2, np.finfo(float).tiny))
+    total = _total_energy(s, r.rel_error)
     plot_spectrum(s, total, cfg.options["plot"], title=os.path.basename(cfg.input.rstrip("/")))
+
+
+def _total_energy(s: np.ndarray, rel_error: float) -> float:
+    """||A||_F^2 from a rank-k result's exact error: sum s^2 = (1 - err^2) ||A||_F^2."""
+    return float(np.sum(s**2) / max(1.0 - rel_error**2, np.finfo(float).tiny))

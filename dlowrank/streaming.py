@@ -18,7 +18,7 @@ from dlowrank.algorithms import sketch as _sketch
 from dlowrank.algorithms.common import relative_error
 from dlowrank.errors import InputError, ParameterError, ToleranceError
 from dlowrank.io.checkpoint import Checkpoint, fingerprint
-from dlowrank.io.source import as_source, describe
+from dlowrank.io.source import as_source, input_info
 from dlowrank.kernels import exact
 from dlowrank.params import (
     parse_choice,
@@ -77,16 +77,7 @@ def _attach_checkpoint(
 
 
 def _input_info(engine: PassEngine, a: Any) -> dict:
-    src = engine.source
-    info = {
-        "shape": [int(d) for d in src.shape],
-        "dtype": str(src.dtype),
-        "chunks": [int(c[0]) for c in src.chunks],
-    }
-    url = describe(a) or getattr(src, "url", None)
-    if url:
-        info["source"] = url
-    return info
+    return input_info(engine.source, a)
 
 
 def _orient(engine: PassEngine, u: np.ndarray, s: np.ndarray, vt: np.ndarray, dtype: np.dtype):

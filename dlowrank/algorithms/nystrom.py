@@ -15,7 +15,7 @@ import numpy as np
 import scipy.linalg
 
 from dlowrank.algorithms.common import check_finite
-from dlowrank.algorithms.sketch import error_interval
+from dlowrank.algorithms.sketch import _test_times, error_interval
 from dlowrank.errors import InputError
 from dlowrank.kernels import passkernels, random
 from dlowrank.passes import PassEngine
@@ -99,11 +99,7 @@ def nystrom(
     _core(omega, y, tol)
     w, v = _shifted_nystrom(y, omega, rank)
     e = np.concatenate(out.cols["e"], axis=1)
-    theta_v = np.zeros((d, rank))
-    for start in range(0, n, random.PANEL):
-        stop = min(n, start + random.PANEL)
-        theta = random.gaussian_rows(key[0], key[1], passkernels.KEY_THETA, n, d, start, stop)
-        theta_v += theta.T @ v[start:stop]
+    theta_v = _test_times(key, passkernels.KEY_THETA, n, d, v)  # Theta V
     resid = e - (theta_v * w) @ v.T
     est = float(np.sqrt(np.sum(resid**2) / d / fro2)) if fro2 > 0 else 0.0
     return NystromFactors(w, v, est, error_interval(est, d))

@@ -38,7 +38,8 @@ class SketchFactors:
 
 
 def _test_times(seed: tuple, key: int, n_rows: int, width: int, basis: np.ndarray) -> np.ndarray:
-    """(Test matrix)^T-free product T^T basis, panel by panel: (width, cols of basis)."""
+    """T^T basis for the (n_rows, width) test matrix T named by ``key``, generated panel
+    by panel so that T is never whole in memory; shape (width, basis columns)."""
     out = np.zeros((width, basis.shape[1]))
     for start in range(0, n_rows, random.PANEL):
         stop = min(n_rows, start + random.PANEL)

@@ -132,3 +132,17 @@ def as_source(
 def describe(a: Any) -> str | None:
     """The URL of a path-like input, for provenance."""
     return os.fspath(a) if isinstance(a, (str, os.PathLike)) else None
+
+
+def input_info(x: Any, a: Any) -> dict:
+    """Provenance of an input: shape, dtype and chunks of ``x`` (a Dask array or a
+    source), and the URL it came from when there is one."""
+    info = {
+        "shape": [int(d) for d in x.shape],
+        "dtype": str(x.dtype),
+        "chunks": [int(c[0]) for c in x.chunks],
+    }
+    url = describe(a) or getattr(x, "url", None)
+    if url:
+        info["source"] = url
+    return info
