@@ -1,7 +1,8 @@
 """The ``dlowrank`` command line: argument parsing, exit codes, logging; no numerics.
 
-Exit codes: 0 done (or already done), 2 invalid input, parameters or job, 3 tolerance
-not met, 4 storage or cluster failure, 130 interrupted (1: a bug; please report it).
+Exit codes: 0 done (or already done), 2 invalid input, parameters, job or output
+path, 3 tolerance not met, 4 storage or cluster failure, 130 interrupted, 141 the
+reader of stdout went away (1: a bug; please report it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ logger = logging.getLogger("dlowrank")
 
 
 EXIT_INVALID, EXIT_TOLERANCE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 3, 4, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as for any Unix tool whose reader went away
 
 
 def _exit_code(exc: BaseException) -> int | None:
@@ -40,6 +42,7 @@ def _exit_code(exc: BaseException) -> int | None:
             errors.CheckpointError,
             errors.OutputExistsError,
             errors.StoreNotFoundError,
+            errors.BackendError,
         ),
     ):
         return EXIT_INVALID
@@ -54,6 +57,11 @@ def _exit_code(exc: BaseException) -> int | None:
     return EXIT_FAILURE if isinstance(exc, failures) else None
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 class _Group(click.Group):
     """Turn expected failures into one clear line and the documented exit code."""
 
@@ -63,13 +71,28 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         except Exception as exc:
             code = _exit_code(exc)
             if code is None:
                 raise
             kind = "storage or cluster failure: " if code == EXIT_FAILURE else ""
-            click.echo(f"error: {kind}{' '.join(str(exc).split())}", err=True)
+            click.echo(f"error: {kind}{_one_line(exc)}", err=True)
+            for note in getattr(exc, "__notes__", ()):
+                click.echo(f"note: {note}", err=True)
             ctx.exit(code)
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of stdout went away (``dlowrank info x | head -3``): exit quietly.
+
+    Python would print an error while flushing stdout at exit; point stdout at
+    /dev/null first, as the Python docs advise for SIGPIPE.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,9 +110,24 @@ def main(verbose: int, log_level: str | None) -> None:
     if log_level:
         level = getattr(logging, log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # distributed sets its own loggers to INFO; a batch tool's terminal stays quiet
-    for name in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(name).setLevel(level)
+    _quiet_dask(level)
+
+
+def _quiet_dask(level: int) -> None:
+    """Only dlowrank's own lines unless ``--log-level debug``: distributed logs INFO by
+    default, in this process and in every worker process it starts."""
+    quiet = level > logging.DEBUG
+    names = ("distributed", "distributed.client", "tornado", "tornado.application", "asyncio")
+    levels = {name: "critical" if quiet else "debug" for name in names}
+    # worker processes read their logging levels from the environment when they start
+    # (dask parses the value as a Python literal and merges it into its `logging` config)
+    os.environ["DASK_LOGGING"] = repr(levels)
+    import dask
+
+    # ... and this process's distributed from dask's config, when it is first imported
+    dask.config.set({"logging": {**dask.config.get("logging", {}), **levels}})
+    for name in (*names, "bokeh"):
+        logging.getLogger(name).setLevel(logging.CRITICAL if quiet else level)
 
 
 def _emit_json(summary: dict) -> None:
@@ -479,6 +517,15 @@ def _run_and_report(cfg: Any, dry_run: bool, as_json: bool, quiet: bool) -> None
             f"({s.get('error_kind', 'exact')}), {s['passes']} passes{restored}, "
             f"{summary['seconds']:.1f} s"
         )
+        if "converged" in s:
+            if s["converged"]:
+                click.echo(f"converged after {s['n_iter']} iterations (tol {s['tol']:g})")
+            else:
+                click.echo(
+                    f"not converged after {s['n_iter']} iterations (limit: max_iter "
+                    f"{s['max_iter']}, or the time budget); the objective still changed by "
+                    f"more than tol {s['tol']:g}: raise --max-iter or --tol"
+                )
 
 
 def _click_option(opt: Any) -> click.Option:
@@ -509,7 +556,9 @@ def _job_command(name: str, doc: str) -> click.Command:
     params = [
         click.Argument(["input"]),
         click.Option(["--out"], default=None, help="Where the result goes (path or URL)."),
-        click.Option(["--dry-run"], is_flag=True, help="Validate the job and the input only."),
+        click.Option(
+            ["--dry-run"], is_flag=True, help="Check everything a run would; run nothing."
+        ),
         click.Option(["--json", "as_json"], is_flag=True, help="Print a one-line JSON summary."),
         click.Option(["--quiet", "-q"], is_flag=True, help="No progress output."),
         *[_click_option(o) for o in COMMANDS[name]],
@@ -546,16 +595,41 @@ main.add_command(
 )
 
 
-@main.command()
-@click.argument("job_file")
-@click.option("--dry-run", is_flag=True, help="Validate the job file and the input only.")
-@click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def run(job_file: str, dry_run: bool, as_json: bool, quiet: bool) -> None:
-    """Run the job described in JOB_FILE (YAML or TOML); keys are the flags' names."""
-    from dlowrank.jobs import load_job_file
+def _override_option(opt: Any) -> click.Option:
+    """A flag of ``run`` that overrides the job file's key; unset flags change nothing."""
+    if opt.type is bool:
+        return click.Option([opt.flag], is_flag=True, flag_value=True, default=None, help=opt.help)
+    kind = {int: int, float: float, str: str, dict: str}[opt.type]
+    return click.Option([opt.flag], type=kind, default=None, help=opt.help)
 
-    _run_and_report(load_job_file(job_file), dry_run, as_json, quiet)
+
+def _run_command() -> click.Command:
+    from dlowrank.jobs import OUTPUT, RUNTIME, load_job_file
+
+    def callback(job_file: str, dry_run: bool, as_json: bool, quiet: bool, **flags: Any) -> None:
+        overrides = {k: v for k, v in flags.items() if v is not None}
+        _run_and_report(load_job_file(job_file, overrides=overrides), dry_run, as_json, quiet)
+
+    params = [
+        click.Argument(["job_file"]),
+        click.Option(
+            ["--dry-run"], is_flag=True, help="Check everything a run would; run nothing."
+        ),
+        click.Option(["--json", "as_json"], is_flag=True, help="Print a one-line JSON summary."),
+        click.Option(["--quiet", "-q"], is_flag=True, help="No progress output."),
+        *[_override_option(o) for o in OUTPUT + RUNTIME],
+    ]
+    return click.Command(
+        "run",
+        callback=callback,
+        params=params,
+        help="Run the job described in JOB_FILE (YAML or TOML); keys are the flags' names, "
+        "and relative paths in it resolve against the job file's folder. Flags given here "
+        "override the job file's keys.",
+    )
+
+
+main.add_command(_run_command())
 
 
 @main.command()
@@ -591,7 +665,9 @@ def convert(input: str, out: str, chunks, dtype, dataset, overwrite, ratings, as
     start = time.perf_counter()
     if ratings:
         from dlowrank.io.ratings import read_table, write_ratings
+        from dlowrank.io.store import check_writable
 
+        check_writable(out, overwrite=overwrite, inputs=[input])  # before reading INPUT
         src = write_ratings(out, *read_table(input), overwrite=overwrite)
         summary = {
             "output": out,

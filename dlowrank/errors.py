@@ -45,3 +45,15 @@ class ToleranceError(DlowrankError, ValueError):
 
 class CheckpointError(DlowrankError, ValueError):
     """A checkpoint belongs to another input or other parameters."""
+
+
+class UnsafeOutputError(OutputExistsError):
+    """The output path holds something dlowrank did not write, or overlaps the input."""
+
+
+class BackendError(DlowrankError, ImportError):
+    """A URL's storage protocol needs a package that is not installed, or is unknown."""
+
+
+class PassTimeoutError(DlowrankError, TimeoutError):
+    """A pass took longer than its limit (``--timeout``)."""

@@ -59,6 +59,15 @@ def _finish(engine, st, *, algorithm, params, seq, a, start, dtype) -> Factoriza
     )
 
 
+def check_nmf_source(source: Any) -> None:
+    """Refuse a ratings group for NMF (the job's --dry-run calls this too)."""
+    if isinstance(source, RatingsSource):
+        raise ParameterError(
+            "nmf needs every entry of its input; a ratings group leaves most of them "
+            "unobserved (use `dlowrank factorize` for ratings, or fill the matrix first)"
+        )
+
+
 def factorize(
     a: Any,
     rank: int,
@@ -66,7 +75,7 @@ def factorize(
     weight_decay: float = 0.0,
     method: str = "als",
     max_iter: int | None = None,
-    tol: float = 1e-10,
+    tol: float = 1e-8,
     seed: Any = None,
     init: str | None = None,
     missing: str | None = None,
@@ -98,7 +107,7 @@ def factorize(
         small random factors; A V and A^T U come from the same read.
     max_iter : int, optional
         Iterations (= passes) at most; default 100 for ALS, 5000 for GD.
-    tol : float, default 1e-10
+    tol : float, default 1e-8
         Stop when the objective changes by at most tol relative.
     init : {"svd", "random"}, optional
         "svd" (default for ALS on complete data): U = U_k S^{1/2}, V = V_k S^{1/2}
@@ -238,11 +247,7 @@ def nmf(
     """
     start = time.perf_counter()
     engine = _engine(a, "panel", client, storage_options, progress)
-    if isinstance(engine.source, RatingsSource):
-        raise ParameterError(
-            "nmf needs every entry of `a`; a ratings group leaves most of them "
-            "unobserved (use factorize for ratings, or fill the matrix first)"
-        )
+    check_nmf_source(engine.source)
     shape = engine.source.shape
     k = parse_rank(rank, shape, required=True)
     solver = parse_choice(solver, "solver", ("hals", "mu"))

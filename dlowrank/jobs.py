@@ -22,14 +22,14 @@ from typing import Any
 import dask
 import numpy as np
 
-from dlowrank.errors import OutputExistsError, ParameterError, ResultError, StoreNotFoundError
+from dlowrank.errors import ParameterError, ResultError, StoreNotFoundError
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Option:
-    """One option: the job key ``name`` and the flag ``--name-with-dashes``."""
+    """One option: the job key ``name``; its flag is the name with dashes for underscores."""
 
     name: str
     type: Any  # int, float, str, bool, dict, or a tuple of choices
@@ -78,7 +78,7 @@ COMMANDS: dict[str, list[Option]] = {
         Option("weight_decay", float, 0.0, "L2 weight decay alpha on both factors."),
         Option("method", str, "als", "als or gd."),
         Option("max_iter", int, None, "Iterations (one pass each) at most."),
-        Option("tol", float, 1e-10, "Stop when the objective changes less (relative)."),
+        Option("tol", float, 1e-8, "Stop when the objective changes less (relative)."),
         Option("init", str, None, "svd or random (default: svd for complete data)."),
         Option("missing", str, None, "nan: NaN entries are missing."),
         Option("seed", int, 0, "Seed."),
@@ -185,8 +185,48 @@ class JobConfig:
         return {"command": self.command, "input": self.input, "out": self.out, **self.options}
 
 
-def load_job_file(path: str | os.PathLike) -> JobConfig:
-    """Read a YAML (``.yaml``, ``.yml``) or TOML (``.toml``) job file and validate it."""
+#: Job keys that name local files or folders: relative ones resolve against the job file.
+PATH_KEYS = (
+    "input",
+    "out",
+    "checkpoint",
+    "plot",
+    "scheduler_file",
+    "tls_ca_file",
+    "tls_cert",
+    "tls_key",
+)
+
+
+def _resolve_paths(data: dict, folder: str, where: str) -> dict:
+    """Relative local paths in a job file, made relative to the job file's ``folder``."""
+    out = dict(data)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if not isinstance(value, str) or "://" in value or os.path.isabs(value):
+            continue
+        value = os.path.expanduser(value)
+        resolved = os.path.normpath(os.path.join(folder, value))
+        if os.path.relpath(resolved, folder).startswith(os.pardir):
+            logger.warning(
+                "%s`%s: %s` resolves to %s, outside the job file's folder",
+                where,
+                key,
+                data[key],
+                resolved,
+            )
+        out[key] = resolved
+    return out
+
+
+def load_job_file(path: str | os.PathLike, *, overrides: dict | None = None) -> JobConfig:
+    """Read a YAML (``.yaml``, ``.yml``) or TOML (``.toml``) job file and validate it.
+
+    Relative local paths in the file (``input``, ``out``, ``checkpoint``,
+    ``plot``, ``scheduler_file``, the TLS files) resolve against the job file's
+    folder, as in compose files and CI configs. ``overrides`` (command-line
+    flags, by job key) replace the file's keys and keep their own meaning.
+    """
     import yaml
 
     path = os.fspath(path)
@@ -205,6 +245,9 @@ def load_job_file(path: str | os.PathLike) -> JobConfig:
         raise ParameterError(
             f"{where}not valid {'TOML' if path.endswith('.toml') else 'YAML'}: {detail}"
         ) from None
+    if isinstance(data, dict):
+        data = _resolve_paths(data, os.path.dirname(os.path.abspath(path)), where)
+        data.update(overrides or {})
     return JobConfig.from_dict(data, where=where)
 
 
@@ -234,11 +277,74 @@ def _already_done(cfg: JobConfig, fp: str) -> bool:
     return prev.input.get("fingerprint") == fp and job == _job_params(cfg)
 
 
-def _exists(url: str, storage_options: dict | None) -> bool:
-    import fsspec
+@dataclass(frozen=True)
+class Plan:
+    """What a validated job will do, decided before any cluster starts."""
 
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs.exists(path)
+    source: Any
+    fingerprint: str
+    checkpoint: str | None
+    checkpoint_meta: dict
+    already_done: bool
+    restored_passes: int  # completed passes the checkpoint holds (0: none, or --restart)
+
+
+def checkpoint_url(cfg: JobConfig) -> str | None:
+    """The job's checkpoint folder: ``checkpoint``, else ``OUT.checkpoint`` beside ``out``."""
+    o = cfg.options
+    return o.get("checkpoint") or (f"{cfg.out.rstrip('/')}.checkpoint" if cfg.out else None)
+
+
+def _checkpoint_meta(cfg: JobConfig, fp: str) -> dict:
+    """What a job's checkpoint belongs to: command, options, input fingerprint, version."""
+    from dlowrank import __version__
+
+    return {
+        "command": cfg.command,
+        "job": _job_params(cfg),
+        "input_fingerprint": fp,
+        "version": __version__,
+    }
+
+
+def preflight(cfg: JobConfig) -> Plan:
+    """Every check a run would fail on, done before any work: ``--dry-run`` runs exactly this.
+
+    The input's metadata, the parameters against its shape, the command against
+    the input (nmf on ratings), the output path (not the input, not foreign
+    data, replaceable only with ``overwrite``, writable), and the checkpoint
+    (ours, and made by this very job unless ``restart``).
+    """
+    from dlowrank.factorization import check_nmf_source
+    from dlowrank.io.checkpoint import Checkpoint, fingerprint
+    from dlowrank.io.source import as_source
+    from dlowrank.io.store import check_output, check_scratch, is_own_result
+
+    o = cfg.options
+    so = o.get("storage_options")
+    source = as_source(cfg.input, storage_options=so)  # validates the input's metadata
+    _check_params(cfg, source.shape)
+    if cfg.command == "nmf":
+        check_nmf_source(source)
+    fp = fingerprint(source)
+    if cfg.out is not None and is_own_result(cfg.out, so) and _already_done(cfg, fp):
+        return Plan(source, fp, None, {}, True, 0)
+    if cfg.out is not None:
+        overwrite = bool(o.get("overwrite"))
+        check_output(cfg.out, overwrite=overwrite, inputs=[cfg.input], storage_options=so)
+    if cfg.command == "spectrum" and o.get("plot"):
+        check_scratch(o["plot"], inputs=[cfg.input, cfg.out], what="plot", flag="--plot")
+    ckpt = checkpoint_url(cfg)
+    meta = _checkpoint_meta(cfg, fp)
+    restored = 0
+    if ckpt:
+        check_scratch(ckpt, inputs=[cfg.input, cfg.out], storage_options=so)
+        c = Checkpoint(ckpt, meta, storage_options=so)
+        if o.get("restart"):
+            c.check_owned()  # --restart removes only a checkpoint of dlowrank's
+        else:
+            restored = c.check()
+    return Plan(source, fp, ckpt, meta, False, restored)
 
 
 def run_job(
@@ -248,42 +354,46 @@ def run_job(
     progress: Callable[[Any], None] | None = None,
     say: Callable[[str], None] = logger.info,
 ) -> Outcome:
-    """Validate, then run ``cfg``: the input's metadata first, then the cluster, then publish."""
-    from dlowrank.io.checkpoint import Checkpoint, fingerprint
-    from dlowrank.io.source import as_source
+    """Validate (:func:`preflight`), then run ``cfg`` on a cluster and publish its result.
+
+    After a failure the checkpoint is kept when it holds completed passes, and
+    the error says where it is and how to resume or discard it; an empty one is
+    removed.
+    """
+    from dlowrank.io.checkpoint import Checkpoint
 
     o = cfg.options
     so = o.get("storage_options")
-    source = as_source(cfg.input, storage_options=so)  # validates the input's metadata
-    _check_params(cfg, source.shape)
+    plan = preflight(cfg)
     if dry_run:
         return Outcome(
             "validated",
             {
                 "input": cfg.input,
-                "shape": list(source.shape),
-                "dtype": str(source.dtype),
+                "shape": list(plan.source.shape),
+                "dtype": str(plan.source.dtype),
                 "command": cfg.command,
+                "output": cfg.out,
+                "already_done": plan.already_done,
+                "checkpoint": plan.checkpoint,
+                "resumable_passes": plan.restored_passes,
             },
         )
-    fp = fingerprint(source)
-    if cfg.out is not None and _exists(cfg.out, so):
-        if _already_done(cfg, fp):
-            say(
-                f"{cfg.out} already holds this result (same input fingerprint and parameters); "
-                "nothing to do"
-            )
-            if cfg.command == "spectrum" and o.get("plot"):
-                _replot(cfg)
-            return Outcome("already done", {"output": cfg.out})
-        if not o.get("overwrite"):
-            raise OutputExistsError(
-                f"output {cfg.out} already exists (another input or other "
-                "parameters); pass --overwrite to replace it"
-            )
-    ckpt = o.get("checkpoint") or (f"{cfg.out.rstrip('/')}.checkpoint" if cfg.out else None)
-    if ckpt and o.get("restart"):
-        Checkpoint(ckpt, {}, storage_options=so).remove()
+    if plan.already_done:
+        say(
+            f"{cfg.out} already holds this result (same input fingerprint and parameters); "
+            "nothing to do"
+        )
+        if cfg.command == "spectrum" and o.get("plot"):
+            _replot(cfg)
+        return Outcome("already done", {"output": cfg.out})
+    ckpt = (
+        Checkpoint(plan.checkpoint, plan.checkpoint_meta, storage_options=so)
+        if plan.checkpoint
+        else None
+    )
+    if ckpt is not None and o.get("restart"):
+        ckpt.remove()
     runner = {
         "svd": _run_svd,
         "spectrum": _run_spectrum,
@@ -294,21 +404,51 @@ def run_job(
     from dlowrank.runtime.client import security_from_files
 
     security = security_from_files(o.get("tls_ca_file"), o.get("tls_cert"), o.get("tls_key"))
-    with (
-        connect(
-            security=security,
-            scheduler=o.get("scheduler"),
-            scheduler_file=o.get("scheduler_file"),
-            workers=o.get("workers"),
-            threads_per_worker=o.get("threads_per_worker"),
-            memory_limit=o.get("memory_limit"),
-        ) as client,
-        dask.config.set({"dlowrank.pass-timeout": o.get("timeout")}),
-    ):
-        summary = runner(cfg, client, ckpt, progress, fp, say)
-    if ckpt:
-        Checkpoint(ckpt, {}, storage_options=so).remove()
+    try:
+        with (
+            connect(
+                security=security,
+                scheduler=o.get("scheduler"),
+                scheduler_file=o.get("scheduler_file"),
+                workers=o.get("workers"),
+                threads_per_worker=o.get("threads_per_worker"),
+                memory_limit=o.get("memory_limit"),
+            ) as client,
+            dask.config.set({"dlowrank.pass-timeout": o.get("timeout")}),
+        ):
+            summary = runner(cfg, client, ckpt, progress, plan.fingerprint, say)
+    except BaseException as exc:
+        if ckpt is not None:
+            _after_failure(ckpt, exc)
+        raise
+    if ckpt is not None:
+        ckpt.remove()
     return Outcome("done", summary)
+
+
+def _after_failure(ckpt: Any, exc: BaseException) -> None:
+    """Keep a checkpoint that holds completed passes and say so; remove it when it is
+    empty, or when the failure would recur on a rerun (bad input, parameters,
+    tolerance), since resuming could not help."""
+    from dlowrank.errors import CheckpointError, InputError, ToleranceError, UnsafeOutputError
+
+    try:
+        done = ckpt.completed
+    except Exception:  # the storage itself failed: say nothing we cannot check
+        return
+    recurs = isinstance(exc, (InputError, ParameterError, ToleranceError))
+    if isinstance(exc, (CheckpointError, UnsafeOutputError)):
+        return  # the checkpoint is not this job's to remove
+    if done and not recurs:
+        exc.add_note(
+            f"the checkpoint {ckpt.url} keeps {done} completed pass(es): rerun the same "
+            "command to resume from it, or add --restart to discard it"
+        )
+    else:
+        try:
+            ckpt.remove()
+        except Exception:
+            return
 
 
 def _check_params(cfg: JobConfig, shape: tuple[int, int]) -> None:
@@ -488,6 +628,8 @@ def _run_factorization(cfg, client, ckpt, progress, fp, say) -> dict:
     return {
         **_summary(r, cfg),
         "n_iter": r.n_iter,
+        "max_iter": r.params.get("max_iter"),
+        "tol": r.params.get("tol"),
         "converged": r.converged,
         "loss": float(r.loss[-1]),
     }

@@ -33,7 +33,7 @@ import numpy as np
 from dask.callbacks import Callback
 from threadpoolctl import threadpool_limits
 
-from dlowrank.errors import DlowrankWarning
+from dlowrank.errors import DlowrankWarning, PassTimeoutError
 from dlowrank.io.source import DaskSource, Rect, ZarrSource
 
 logger = logging.getLogger(__name__)
@@ -281,16 +281,21 @@ class PassEngine:
             if timeout is not None:  # a job's own limit: never wait forever on a lost cluster
                 from distributed import wait
 
-                wait(futures, timeout=timeout)
+                try:
+                    wait(futures, timeout=timeout)
+                except TimeoutError:
+                    client.cancel(futures)
+                    raise _timeout_error(index, timeout) from None
             total, rows, cols = client.gather(futures)
         else:
             self._emit(PassEvent("start", index, 0, len(leaves)))
             # Dask's threads each run a task; BLAS threads on top would oversubscribe the
             # cores (measured: q = 2 on 100,000 x 4,000 took 21.8 s with 2 BLAS threads per
             # task, 13.1 s with one).
+            timeout = dask.config.get("dlowrank.pass-timeout", None)
             with (
                 threadpool_limits(limits=1, user_api="blas"),
-                _PieceCounter(self, index, len(leaves)),
+                _PieceCounter(self, index, len(leaves), timeout),
             ):
                 total, rows, cols = dask.compute(total, rows, cols, scheduler="threads")
         return PassOutput(
@@ -300,15 +305,36 @@ class PassEngine:
         )
 
 
-class _PieceCounter(Callback):
-    """Reports each finished piece of a pass run on dask's threads."""
+def _timeout_error(index: int, timeout: float) -> PassTimeoutError:
+    return PassTimeoutError(
+        f"pass {index} did not finish within the pass limit of {timeout:g} s (--timeout); "
+        "raise --timeout, or check that the cluster's workers are alive"
+    )
 
-    def __init__(self, engine: PassEngine, index: int, total: int) -> None:
+
+class _PieceCounter(Callback):
+    """Reports each finished piece of a pass run on dask's threads, and enforces the
+    pass limit: checked whenever a task starts or ends (dask calls both from its
+    scheduling loop, so raising here stops the pass)."""
+
+    def __init__(
+        self, engine: PassEngine, index: int, total: int, timeout: float | None = None
+    ) -> None:
         super().__init__()
         self.engine, self.index, self.total, self.done = engine, index, total, 0
         self.lock = threading.Lock()
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise _timeout_error(self.index, self.timeout)
+
+    def _pretask(self, key, dsk, state) -> None:
+        self._check_deadline()
 
     def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        self._check_deadline()
         name = key[0] if isinstance(key, tuple) else key
         if str(name).startswith("_run_piece") and self.engine.progress is not None:
             with self.lock:

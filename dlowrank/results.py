@@ -64,6 +64,15 @@ class _Provenance:
     def _derived(self) -> dict:
         return {}
 
+    def __repr__(self) -> str:
+        """One line: kind, rank, shape, error, passes (the arrays are not printed)."""
+        d = self._derived()
+        return (
+            f"{type(self).__name__}(rank={d.get('rank')}, shape={tuple(d.get('shape', ()))}, "
+            f"rel_error={self.rel_error:.4g} ({self.error_kind}), passes={self.passes}, "
+            f"algorithm={self.algorithm!r})"
+        )
+
     def save(
         self,
         url: str | os.PathLike,
@@ -90,10 +99,11 @@ class _Provenance:
             overwrite=overwrite,
             storage_options=storage_options,
             mark_complete=mark_complete,
+            inputs=[self.input.get("source")],
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SVDResult(_Provenance):
     """A truncated SVD ``a ≈ u @ diag(s) @ vt``.
 
@@ -126,7 +136,7 @@ class SVDResult(_Provenance):
         return {"rank": self.rank, "shape": [int(self.u.shape[0]), int(self.vt.shape[1])]}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class EighResult(_Provenance):
     """A truncated eigen-decomposition ``a ≈ v @ diag(w) @ v.T`` of a symmetric matrix.
 
@@ -156,7 +166,7 @@ class EighResult(_Provenance):
         return {"rank": self.rank, "shape": [int(self.v.shape[0])] * 2}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FactorizationResult(_Provenance):
     """A factorization ``a ≈ u @ v.T`` (weight decay, ALS/GD, missing entries, or NMF).
 

@@ -6,9 +6,11 @@ import argparse
 import os
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
+def parser(doc: str, *, figures: bool = True) -> argparse.ArgumentParser:
+    """The examples' flags; ``--out`` only for those that write figures."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
-    p.add_argument("--out", default="figures", help="folder for the PNG figures")
+    if figures:
+        p.add_argument("--out", default="figures", help="folder for the PNG figures")
     p.add_argument("--tiny", action="store_true", help="a very small run (used by the tests)")
     return p
 

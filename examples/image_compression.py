@@ -41,9 +41,10 @@ def main() -> None:
                 f"storage {k * (sum(img.shape) + 1) / img.size:.1%}"
             )
             axes[row, col].imshow(np.clip(fast.to_dense(), 0, 1), cmap="gray")
-            axes[row, col].set_title(f"rank {k}: error {fast.rel_error:.3f}")
+            axes[row, col].set_title(f"rank {k}: rel. Frobenius error {fast.rel_error:.3f}")
     for ax in axes.ravel():
         ax.axis("off")
+    fig.suptitle("randomized SVD at rank k; error = ||A - A_k||_F / ||A||_F")
     fig.tight_layout()
     path = figure_path(args.out, "image_compression.png")
     fig.savefig(path, dpi=80)

@@ -7,7 +7,7 @@ reads its own row panel from the store and sends back only sketches. The example
 prints passes, time, errors and the workers' peak memory, and checks that no
 worker was restarted.
 
-    python examples/out_of_core.py [--out figures]
+    python examples/out_of_core.py      (prints only; it draws no figure)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _peak_rss() -> int:
 
 
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    args = parser(__doc__, figures=False).parse_args()
     shape = (20_000, 1_000) if args.tiny else (60_000, 4_000)  # 160 MB or 1.9 GB of float64
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "a.zarr")

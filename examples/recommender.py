@@ -58,9 +58,22 @@ def main() -> None:
     ax1.plot(list(rmse), list(rmse.values()), "o-")
     ax1.axhline(data["oracle_rmse"], color="gray", ls="--", label="oracle")
     ax1.set(xscale="log", xlabel="weight decay", ylabel="held-out RMSE", title="ALS rank 16")
+    # one labelled tick per weight decay tried; no minor labels to overlap them
+    ax1.set_xticks(list(rmse), [f"{a:g}" for a in rmse])
+    ax1.xaxis.set_minor_formatter(plt.NullFormatter())
     ax1.legend()
-    ax2.imshow(topics.v[:40].T, aspect="auto", cmap="Greys")
-    ax2.set(xlabel="item", ylabel="topic", title="NMF item-topic weights (first 40 items)")
+    # each topic scaled to its own largest weight: topics differ in overall scale (the
+    # first carries the users' mean rating), and unscaled one solid row hides the rest
+    weights = topics.v[:40]
+    scaled = weights / np.maximum(weights.max(axis=0), np.finfo(float).tiny)
+    shown = ax2.imshow(scaled.T, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax2.set(
+        xlabel="item",
+        ylabel="topic",
+        title="NMF item weights per topic (first 40 items)",
+        yticks=range(weights.shape[1]),
+    )
+    fig.colorbar(shown, ax=ax2, label="weight / the topic's largest")
     fig.tight_layout()
     path = figure_path(args.out, "recommender.png")
     fig.savefig(path, dpi=80)

@@ -12,9 +12,10 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run(name: str, out: Path) -> str:
+def run(name: str, out: Path | None) -> str:
+    where = ["--out", str(out)] if out is not None else []
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / f"{name}.py"), "--tiny", "--out", str(out)],
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--tiny", *where],
         capture_output=True,
         text=True,
         timeout=300,
@@ -87,7 +88,20 @@ def test_spectrum_decay_tells_fast_from_flat(tmp_path):
     figure(tmp_path, "spectrum_decay.png")
 
 
-def test_out_of_core_runs_on_capped_workers(tmp_path):
-    text = run("out_of_core", tmp_path)
+def test_out_of_core_runs_on_capped_workers():
+    text = run("out_of_core", None)  # prints only: it has no --out
     assert "randomized_svd q=2: 3 pass(es)" in text and "sketch_svd        : 1 pass(es)" in text
     assert "workers restarted: none" in text
+
+
+def test_an_example_offers_out_only_when_it_writes_a_figure():
+    for script in sorted(EXAMPLES.glob("*.py")):
+        if script.name.startswith("_"):
+            continue
+        text = script.read_text()
+        writes = "savefig" in text
+        helped = subprocess.run(
+            [sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=EXAMPLES
+        )
+        assert helped.returncode == 0
+        assert ("--out" in helped.stdout) == writes, script.name

@@ -118,8 +118,16 @@ def test_killed_job_resumes_from_its_last_pass_and_matches(matrix, tmp_path):
 
 
 def test_a_checkpoint_of_other_parameters_is_refused(matrix, tmp_path):
+    from dlowrank.io.checkpoint import Checkpoint
+    from dlowrank.jobs import preflight
+
     ckpt = tmp_path / "ck"
-    dlowrank.randomized_svd(matrix, 3, seed=0, checkpoint=ckpt)
+    job3 = JobConfig.from_dict(
+        {"command": "svd", "input": matrix, "out": str(tmp_path / "r.zarr"), "rank": 3}
+    )
+    plan = preflight(job3)  # the checkpoint a rank-3 job would keep, with one pass saved
+    Checkpoint(ckpt, plan.checkpoint_meta).open()
+    dlowrank.randomized_svd(matrix, 3, seed=0, checkpoint=Checkpoint(ckpt, plan.checkpoint_meta))
     res = CliRunner().invoke(
         main,
         [
@@ -136,7 +144,7 @@ def test_a_checkpoint_of_other_parameters_is_refused(matrix, tmp_path):
         ],
     )
     assert res.exit_code == 2
-    assert "params.rank: checkpoint 3, now 4" in res.output and "--restart" in res.output
+    assert "job.rank: checkpoint 3, now 4" in res.output and "--restart" in res.output
     res = CliRunner().invoke(
         main,
         [
@@ -250,7 +258,7 @@ def test_every_cli_option_is_a_job_key_and_round_trips(tmp_path):
         flags = {opt for p in command.params for opt in getattr(p, "opts", [])}
         for o in options:
             assert o.flag in flags, (name, o.flag)
-        data = {"command": name, "input": "a.zarr", "out": "r.zarr"}
+        data = {"command": name, "input": "/data/a.zarr", "out": "/data/r.zarr"}
         data.update({o.name: o.default for o in options})
         cfg = JobConfig.from_dict(data)
         path = tmp_path / f"{name}.yaml"

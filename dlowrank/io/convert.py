@@ -107,7 +107,7 @@ def convert(
     if not os.path.exists(path):
         raise StoreNotFoundError(f"input {path} does not exist")
     fmt = _format(path)
-    check_writable(out, overwrite=overwrite)
+    check_writable(out, overwrite=overwrite, inputs=[path])
     if fmt == "csv":
         delimiter = (
             "\t"
@@ -126,7 +126,13 @@ def convert(
         def write(tmp: str) -> None:
             x.to_zarr(tmp)
 
-    publish(out, write, overwrite=overwrite, mark_complete=lambda final: _mark(final, path, fmt))
+    publish(
+        out,
+        write,
+        overwrite=overwrite,
+        mark_complete=lambda final: _mark(final, path, fmt),
+        inputs=[path],
+    )
     logger.info("converted %s (%s) to %s", path, fmt, out)
     return open_matrix(out)
 

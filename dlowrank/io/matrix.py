@@ -19,7 +19,7 @@ import fsspec
 import numpy as np
 import zarr
 
-from dlowrank.errors import InputError, StoreNotFoundError, UnsafeInputError
+from dlowrank.errors import BackendError, InputError, StoreNotFoundError, UnsafeInputError
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +141,70 @@ def _metadata_dtype(meta: dict, where: str) -> np.dtype:
         ) from None
 
 
+#: fsspec protocols and the package (and dlowrank extra) that provides each.
+_BACKENDS = {
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
+    "az": ("adlfs", None),
+    "abfs": ("adlfs", None),
+    "http": ("aiohttp", None),
+    "https": ("aiohttp", None),
+}
+
+
+def filesystem(
+    url: str | os.PathLike, storage_options: dict | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``fsspec.core.url_to_fs`` with one clear error for an unknown or uninstalled protocol."""
+    url = os.fspath(url)
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except ImportError:
+        package, extra = _BACKENDS.get(protocol, (f"the fsspec backend for {protocol}://", None))
+        hint = f"pip install 'dlowrank[{extra}]'" if extra else f"pip install {package}"
+        raise BackendError(
+            f"{url}: reading {protocol}:// needs the package {package}, which is not "
+            f"installed; run `{hint}`"
+        ) from None
+    except ValueError as exc:
+        if "Protocol not known" not in str(exc):
+            raise
+        raise BackendError(
+            f"{url}: fsspec knows no protocol {protocol!r}; use a local path or a "
+            "URL such as s3://, gs://, memory://"
+        ) from None
+
+
+#: File extensions that are matrices in other formats, for the hint to `dlowrank convert`.
+_CONVERTIBLE = (".npy", ".npz", ".h5", ".hdf5", ".csv", ".tsv", ".txt", ".mtx", ".parquet")
+
+
+def _not_zarr(url: str, detail: str) -> InputError:
+    hint = ""
+    if url.lower().rstrip("/").endswith(_CONVERTIBLE):
+        flag = " --ratings" if url.lower().endswith(".parquet") else ""
+        target = os.path.splitext(url.rstrip("/"))[0] + ".zarr"
+        hint = f"; convert it first: dlowrank convert {url} --out {target}{flag}"
+    return InputError(f"input {url} is not a Zarr array ({detail}){hint}")
+
+
 def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
     try:
-        return json.loads(fs.cat_file(path))
-    except FileNotFoundError:
+        raw = fs.cat_file(path)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"{path} is not valid JSON ({exc}); the store's metadata is damaged"
+        ) from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path} does not hold a JSON object; the store's metadata is damaged")
+    return meta
 
 
 def _raw_metadata(url: str, fs: fsspec.AbstractFileSystem, path: str) -> dict:
@@ -162,7 +221,9 @@ def _raw_metadata(url: str, fs: fsspec.AbstractFileSystem, path: str) -> dict:
             f"input {url} is a Zarr group, not an array; name one of its members, "
             f"e.g. {url.rstrip('/')}/{members[0] if members else 'NAME'}"
         )
-    raise InputError(f"input {url} is not a Zarr array (no zarr.json or .zarray found there)")
+    if fs.isfile(path):
+        raise _not_zarr(url, "it is a file")
+    raise _not_zarr(url, "no zarr.json or .zarray found there")
 
 
 def open_matrix(url: str | os.PathLike, *, storage_options: dict | None = None) -> da.Array:
@@ -203,7 +264,7 @@ def open_matrix(url: str | os.PathLike, *, storage_options: dict | None = None) 
     (((3, 3), (4,)), 'float64')
     """
     url = os.fspath(url)
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem(url, storage_options)
     meta = _raw_metadata(url, fs, path.rstrip("/"))
     where = f"input {url}"
     _check_codecs(meta, where)

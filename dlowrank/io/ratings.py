@@ -17,7 +17,7 @@ import scipy.sparse
 import zarr
 
 from dlowrank.errors import InputError, ParameterError, StoreNotFoundError
-from dlowrank.io.store import check_writable, publish
+from dlowrank.io.store import check_writable, publish, read_marker
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +65,7 @@ def open_ratings(
 ) -> RatingsSource | None:
     """The ratings group at ``url``, or None if ``url`` is not one."""
     url = os.fspath(url)
-    try:
-        group = zarr.open_group(url, mode="r", **_kw(storage_options))
-    except (FileNotFoundError, ValueError, TypeError, zarr.errors.NodeTypeValidationError):
-        return None
-    attrs = dict(group.attrs.get("dlowrank") or {})
+    attrs = read_marker(url, storage_options) or {}  # raw JSON: nothing foreign is parsed
     if attrs.get("kind") != "ratings":
         return None
     if not attrs.get("complete"):

@@ -1,21 +1,37 @@
-"""Write results so that they appear at their path complete or not at all."""
+"""Write results so that they appear at their path complete or not at all.
+
+dlowrank removes or replaces only what it wrote:
+
+- an output is replaced (``overwrite``) only when it is a complete dlowrank node:
+  a Zarr array or group whose ``dlowrank`` attribute carries ``"complete": true``;
+- scratch folders (the temporary copy of a result being written) hold a marker
+  file, :data:`SCRATCH_MARKER`, written before anything else, and a leftover one
+  is removed only when the marker is there;
+- the output may never be the input, contain it, or lie inside it.
+
+Anything else at the output path is refused with :class:`UnsafeOutputError`
+before any work starts, and nothing is touched.
+"""
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import fsspec
 
-from dlowrank.errors import OutputExistsError
+from dlowrank.errors import OutputExistsError, UnsafeOutputError
 
 logger = logging.getLogger(__name__)
+
+#: File that marks a folder as dlowrank's own scratch (safe for dlowrank to remove).
+SCRATCH_MARKER = ".dlowrank-scratch"
 
 
 def is_local(url: str | os.PathLike) -> bool:
@@ -28,21 +44,182 @@ def _local_path(url: str) -> Path:
     return Path(url.removeprefix("file://")).absolute()
 
 
-def check_writable(
-    url: str | os.PathLike, *, overwrite: bool, storage_options: dict | None = None
-) -> None:
-    """Refuse an existing output unless ``overwrite``; call before any work is done."""
+def _fs(url: str, storage_options: dict | None):
+    from dlowrank.io.matrix import filesystem
+
+    return filesystem(url, storage_options)
+
+
+def read_marker(url: str | os.PathLike, storage_options: dict | None = None) -> dict | None:
+    """The ``dlowrank`` attribute of the Zarr node at ``url``, read as raw JSON, or None.
+
+    Reads ``zarr.json`` (format 3) or ``.zattrs`` (format 2) only; never parses
+    the node with zarr, so a damaged or foreign folder is simply "not ours".
+    """
     url = os.fspath(url)
+    fs, path = _fs(url, storage_options)
+    path = path.rstrip("/")
+    for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        try:
+            raw = json.loads(fs.cat_file(f"{path}/{name}"))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
+            continue
+        attrs = raw.get(key, {}) if key else raw
+        found = attrs.get("dlowrank") if isinstance(attrs, dict) else None
+        return found if isinstance(found, dict) else None
+    return None
+
+
+def is_own_result(url: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """True when ``url`` holds a complete node that dlowrank wrote (safe to replace)."""
+    marker = read_marker(url, storage_options)
+    return bool(marker and marker.get("complete") is True)
+
+
+def _describe_local(p: Path) -> str:
+    if p.is_symlink() and not p.exists():
+        return "a broken symbolic link"
+    if p.is_file():
+        return f"a file of {p.stat().st_size} bytes"
+    if p.is_dir():
+        entries = sum(1 for _ in p.iterdir())
+        return f"a folder holding {entries} entr{'y' if entries == 1 else 'ies'}"
+    return "something that is neither a file nor a folder"
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _relation(out: str, inputs: Iterable[str | None]) -> str | None:
+    """How ``out`` overlaps an input ("is", "contains", "lies inside"), or None."""
+    for src in inputs:
+        if not src:
+            continue
+        src = os.fspath(src)
+        if is_local(out) != is_local(src):
+            continue
+        if is_local(out):
+            o, i = (
+                Path(os.path.realpath(_local_path(out))),
+                Path(os.path.realpath(_local_path(src))),
+            )
+        else:
+            o, i = (
+                Path(out.split("://", 1)[-1].rstrip("/")),
+                Path(src.split("://", 1)[-1].rstrip("/")),
+            )
+            if out.split("://", 1)[0] != src.split("://", 1)[0]:
+                continue
+        if o == i:
+            return f"is the input {src}"
+        if _inside(i, o):
+            return f"contains the input {src}"
+        if _inside(o, i):
+            return f"lies inside the input {src}"
+    return None
+
+
+def check_output(
+    url: str | os.PathLike,
+    *,
+    overwrite: bool,
+    inputs: Iterable[str | None] = (),
+    storage_options: dict | None = None,
+    what: str = "output",
+    flag: str = "--out",
+) -> None:
+    """Refuse an output path that dlowrank may not write; call before any work is done.
+
+    Raises :class:`UnsafeOutputError` when the path is (or contains, or lies
+    inside) an input, is the current folder or one of its parents, or holds
+    something dlowrank did not write; :class:`OutputExistsError` when it holds a
+    dlowrank result and ``overwrite`` is false. Touches nothing.
+    """
+    url = os.fspath(url)
+    fix = f"Choose another {flag}, or move what is there yourself"
+    overlap = _relation(url, inputs)
+    if overlap:
+        raise UnsafeOutputError(
+            f"{what} {url} {overlap}; dlowrank never writes over its input. "
+            f"{fix}; nothing was touched"
+        )
     if is_local(url):
-        exists = _local_path(url).exists()
+        p = _local_path(url)
+        if _inside(Path(os.getcwd()).resolve(), Path(os.path.realpath(p))):
+            raise UnsafeOutputError(
+                f"{what} {url} is the current folder or one of its parents; "
+                f"{fix}; nothing was touched"
+            )
+        exists = os.path.lexists(p)
+        describe = lambda: _describe_local(p)  # noqa: E731
     else:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = _fs(url, storage_options)
         exists = fs.exists(path)
-    if exists and not overwrite:
+        describe = lambda: "something dlowrank did not write"  # noqa: E731
+    if not exists:
+        _check_parent_writable(url, what)
+        return
+    if not is_own_result(url, storage_options):
+        raise UnsafeOutputError(
+            f"{what} {url} is {describe()}, not a complete dlowrank result; dlowrank "
+            f"replaces only results it wrote, even with --overwrite. {fix}; nothing was touched"
+        )
+    if not overwrite:
         raise OutputExistsError(
-            f"output {url} already exists; choose another path or pass "
-            "overwrite=True (--overwrite) to replace it once the new one "
-            "is complete"
+            f"{what} {url} already exists; choose another path or pass "
+            "--overwrite (overwrite=True) to replace it once the new one is complete"
+        )
+    _check_parent_writable(url, what)
+
+
+def check_scratch(
+    url: str | os.PathLike,
+    *,
+    inputs: Iterable[str | None] = (),
+    storage_options: dict | None = None,
+    what: str = "checkpoint",
+    flag: str = "--checkpoint",
+) -> None:
+    """Refuse a checkpoint (or plot) path that is, holds or lies inside an input or the
+    output, or is the current folder; whether a folder there is ours is the
+    checkpoint's own check."""
+    url = os.fspath(url)
+    fix = f"Choose another {flag}; nothing was touched"
+    overlap = _relation(url, inputs)
+    if overlap:
+        overlap = overlap.replace("the input", "the input or output")
+        raise UnsafeOutputError(f"{what} {url} {overlap}; {fix}")
+    if is_local(url):
+        if _inside(Path(os.getcwd()).resolve(), Path(os.path.realpath(_local_path(url)))):
+            raise UnsafeOutputError(
+                f"{what} {url} is the current folder or one of its parents; {fix}"
+            )
+        _check_parent_writable(url, what)
+
+
+def check_writable(
+    url: str | os.PathLike,
+    *,
+    overwrite: bool,
+    storage_options: dict | None = None,
+    inputs: Iterable[str | None] = (),
+) -> None:
+    """Alias of :func:`check_output` for writers of matrices (generate, convert)."""
+    check_output(url, overwrite=overwrite, inputs=inputs, storage_options=storage_options)
+
+
+def _check_parent_writable(url: str, what: str) -> None:
+    """A local output's nearest existing ancestor must be a writable folder."""
+    if not is_local(url):
+        return
+    parent = _local_path(url).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UnsafeOutputError(
+            f"{what} {url} cannot be written: the folder {parent} is not writable; "
+            "choose another path or fix its permissions"
         )
 
 
@@ -53,33 +230,56 @@ def publish(
     overwrite: bool = False,
     storage_options: dict | None = None,
     mark_complete: Callable[[str], None] | None = None,
+    inputs: Iterable[str | None] = (),
 ) -> None:
     """Write a result so that it appears at ``url`` complete or not at all.
 
-    ``write(tmp_url)`` writes everything on a temporary sibling path except the
+    ``write(tmp_url)`` writes everything on a temporary path except the
     completion marker, which ``mark_complete(url)`` sets last. On a local file
-    system the marker is set on the temporary copy and a rename moves it into
-    place (atomic); an existing result is renamed aside first and deleted only
-    after the new one is in place, and without ``overwrite`` the rename itself
-    refuses an output that appeared meanwhile. On object stores, where a move is
-    a copy, the marker is set on the final path after the copy, so readers that
-    check it (``dlowrank.load``) never take a partial result. If ``write`` fails,
-    the temporary output is removed and ``url`` is left as it was.
+    system the temporary copy lives in a scratch folder beside ``url`` (marked as
+    dlowrank's own), the marker is set there and a rename moves it into place; an
+    existing result is renamed aside first and deleted once the new one is in
+    place, and without ``overwrite`` the rename itself refuses an output that
+    appeared meanwhile. On object stores, where a move is a copy, the marker is
+    set on the final path after the copy, so readers that check it
+    (``dlowrank.load``) never take a partial result. If ``write`` fails, the
+    scratch is removed and ``url`` is left as it was. Leftovers of a crashed
+    earlier publish at the same path are removed first, when they are marked as
+    dlowrank's own.
     """
     url = os.fspath(url)
-    check_writable(url, overwrite=overwrite, storage_options=storage_options)
+    check_output(url, overwrite=overwrite, inputs=inputs, storage_options=storage_options)
     if is_local(url):
-        _publish_local(_local_path(url), write, overwrite, mark_complete)
+        dest = _local_path(url)
+        remove_leftovers(dest)
+        _publish_local(dest, write, overwrite, mark_complete)
     else:
         _publish_remote(url, write, overwrite, storage_options or {}, mark_complete)
 
 
-def _exists_error(url: Any) -> OutputExistsError:
-    return OutputExistsError(
-        f"output {url} already exists; choose another path or pass "
-        "overwrite=True (--overwrite) to replace it once the new one "
-        "is complete"
-    )
+def _scratch_name(dest: Path, kind: str, tag: str) -> Path:
+    return dest.with_name(f".{dest.name}.{kind}-{tag}")
+
+
+def remove_leftovers(dest: Path) -> list[Path]:
+    """Remove scratch and set-aside copies left beside ``dest`` by a crashed publish.
+
+    Only folders named ``.NAME.tmp-*`` holding :data:`SCRATCH_MARKER`, and
+    ``.NAME.old-*`` holding a complete dlowrank node, are removed.
+    """
+    removed = []
+    if not dest.parent.is_dir():
+        return removed
+    for p in dest.parent.glob(f".{dest.name}.*-*"):
+        rest = p.name[len(dest.name) + 2 :]
+        ours = (rest.startswith("tmp-") and (p / SCRATCH_MARKER).is_file()) or (
+            rest.startswith("old-") and p.is_dir() and is_own_result(str(p))
+        )
+        if ours and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+            logger.info("removed %s, left by an interrupted publish", p)
+    return removed
 
 
 def _publish_local(
@@ -90,13 +290,21 @@ def _publish_local(
 ) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:12]
-    tmp = dest.with_name(f".{dest.name}.tmp-{tag}")
+    scratch = _scratch_name(dest, "tmp", tag)
+    scratch.mkdir()
+    (scratch / SCRATCH_MARKER).write_text("dlowrank scratch: safe to delete\n")
+    tmp = scratch / dest.name
     try:
         write(str(tmp))
         if mark_complete is not None:
             mark_complete(str(tmp))
-        if overwrite and dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{tag}")
+        if overwrite and os.path.lexists(dest):
+            if not is_own_result(str(dest)):  # something else appeared meanwhile
+                raise UnsafeOutputError(
+                    f"output {dest} changed while the result was written and no longer "
+                    "holds a dlowrank result; nothing was touched"
+                )
+            old = _scratch_name(dest, "old", tag)
             os.rename(dest, old)
             os.rename(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -105,11 +313,13 @@ def _publish_local(
                 os.rename(tmp, dest)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                    raise _exists_error(dest) from None
+                    raise OutputExistsError(
+                        f"output {dest} appeared while the result was written; "
+                        "choose another path or pass --overwrite"
+                    ) from None
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     logger.info("published %s", dest)
 
 
@@ -129,7 +339,15 @@ def _publish_remote(
         write(f"{protocol}://{tmp_path}")
         if fs.exists(path):
             if not overwrite:
-                raise _exists_error(url)
+                raise OutputExistsError(
+                    f"output {url} appeared while the result was written; "
+                    "choose another path or pass --overwrite"
+                )
+            if not is_own_result(url, storage_options):
+                raise UnsafeOutputError(
+                    f"output {url} changed while the result was written and no longer "
+                    "holds a dlowrank result; nothing was touched"
+                )
             fs.rm(path, recursive=True)  # the replacement is complete at tmp_path
         fs.mv(tmp_path, path, recursive=True)
     finally:

@@ -111,7 +111,14 @@ def summarize(
         verdict = "slow decay"
         advice = "compressible only at a sizeable rank; use power iterations"
     shown = r90 if r90 is not None else f"> {len(s)}"
-    message = f"{verdict} ({advice}); 90 % of the energy needs rank {shown} of {p}"
+    if total_energy is None and len(s) < p:  # energy of the computed values, not of A
+        message = (
+            f"{verdict} ({advice}); 90 % of the energy of the {len(s)} computed values "
+            f"needs rank {shown} (energy relative to those values only: pass "
+            "total_energy = ||A||_F^2 for the matrix's own)"
+        )
+    else:
+        message = f"{verdict} ({advice}); 90 % of the energy needs rank {shown} of {p}"
     return SpectrumSummary(
         n_values=len(s),
         full_rank=p,

@@ -1,7 +1,9 @@
 """Get a Dask client: an address, a scheduler file, DASK_SCHEDULER_ADDRESS, or a LocalCluster.
 
-A LocalCluster that dlowrank starts binds to 127.0.0.1 and has no dashboard, so a
-batch job opens nothing to the network. Knows nothing of the algorithms.
+A LocalCluster that dlowrank starts binds to 127.0.0.1 and has no dashboard (its
+scheduler's HTTP server, which distributed always starts, listens on a free
+loopback port and answers only the health check), so a batch job opens nothing
+to the network. Knows nothing of the algorithms.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
+
+import dask
 
 from dlowrank.errors import DlowrankWarning, ParameterError
 
@@ -70,8 +74,13 @@ def connect(
     logger.info("starting a LocalCluster on 127.0.0.1 (%s)", kwargs)
     if security is not None:
         kwargs.update(security=security, protocol="tls://")
+    # distributed's scheduler always runs an HTTP server (dashboard_address=None still
+    # listens on 8787); bind it to a free loopback port and serve only the health check
     with (
-        LocalCluster(host="127.0.0.1", dashboard_address=None, processes=True, **kwargs) as cluster,
+        dask.config.set({"distributed.scheduler.http.routes": ["distributed.http.health"]}),
+        LocalCluster(
+            host="127.0.0.1", dashboard_address="127.0.0.1:0", processes=True, **kwargs
+        ) as cluster,
         Client(cluster, security=security) as client,
     ):
         yield client
