@@ -75,7 +75,7 @@ def factorize(
     weight_decay: float = 0.0,
     method: str = "als",
     max_iter: int | None = None,
-    tol: float = 1e-8,
+    tol: float = 1e-6,
     seed: Any = None,
     init: str | None = None,
     missing: str | None = None,
@@ -107,7 +107,7 @@ def factorize(
         small random factors; A V and A^T U come from the same read.
     max_iter : int, optional
         Iterations (= passes) at most; default 100 for ALS, 5000 for GD.
-    tol : float, default 1e-8
+    tol : float, default 1e-6
         Stop when the objective changes by at most tol relative.
     init : {"svd", "random"}, optional
         "svd" (default for ALS on complete data): U = U_k S^{1/2}, V = V_k S^{1/2}

@@ -78,7 +78,7 @@ COMMANDS: dict[str, list[Option]] = {
         Option("weight_decay", float, 0.0, "L2 weight decay alpha on both factors."),
         Option("method", str, "als", "als or gd."),
         Option("max_iter", int, None, "Iterations (one pass each) at most."),
-        Option("tol", float, 1e-8, "Stop when the objective changes less (relative)."),
+        Option("tol", float, 1e-6, "Stop when the objective changes less (relative)."),
         Option("init", str, None, "svd or random (default: svd for complete data)."),
         Option("missing", str, None, "nan: NaN entries are missing."),
         Option("seed", int, 0, "Seed."),
