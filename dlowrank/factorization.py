@@ -108,7 +108,9 @@ def factorize(
     max_iter : int, optional
         Iterations (= passes) at most; default 100 for ALS, 5000 for GD.
     tol : float, default 1e-6
-        Stop when the objective changes by at most tol relative.
+        Stop when the objective changes by at most tol relative between two
+        iterations. The objective is quadratic near its minimum, so the factors
+        are then about sqrt(tol) from it: pass 1e-10 to reach the optimum to 1e-4.
     init : {"svd", "random"}, optional
         "svd" (default for ALS on complete data): U = U_k S^{1/2}, V = V_k S^{1/2}
         from a randomized SVD (2 passes); "random" (default for GD and with missing
@@ -131,7 +133,7 @@ def factorize(
     --------
     >>> import numpy as np, dlowrank
     >>> a = dlowrank.make_matrix((300, 80), 10, seed=0).array.compute()
-    >>> r = dlowrank.factorize(a, 8, weight_decay=0.5)  # 7 singular values exceed 0.5
+    >>> r = dlowrank.factorize(a, 8, weight_decay=0.5, tol=1e-10)  # 7 values exceed 0.5
     >>> x = dlowrank.svt(a, 0.5).to_dense()
     >>> bool(np.linalg.norm(r.to_dense() - x) <= 1e-4 * np.linalg.norm(x))
     True

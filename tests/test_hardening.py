@@ -402,6 +402,8 @@ def test_a_local_cluster_run_prints_only_dlowranks_lines(place):
         "0.01",
         "--max-iter",
         "3",
+        "--tol",
+        "1e-15",
         "--out",
         "f.zarr",
         "--workers",
