@@ -39,6 +39,25 @@ def cli(*args, cwd=None, env=None, timeout=300, stdout=subprocess.PIPE):
     )
 
 
+class _Proc:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def invoke(*args, cwd, env=None):
+    """The same ``main`` in this process (no interpreter start-up): for the many cases
+    that need neither a separate process nor a cluster."""
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        res = CliRunner(env=env).invoke(main, list(map(str, args)))
+    finally:
+        os.chdir(old)
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return _Proc(res.exit_code, res.stdout, res.stderr)
+
+
 def snapshot(root: Path) -> dict[str, bytes | str]:
     """Every file under ``root`` with its bytes (symlinks by target): what must not change."""
     out: dict[str, bytes | str] = {}
@@ -89,7 +108,7 @@ SVD = ("svd", "small.zarr", "--rank", "3", "--workers", "0", "-q")
 def test_overwrite_and_checkpoint_never_touch_what_dlowrank_did_not_write(place, extra, message):
     before = snapshot(place)
     for dry in ([], ["--dry-run"]):  # the dry run refuses with the same message
-        proc = cli(*SVD, *extra, *dry, cwd=place)
+        proc = invoke(*SVD, *extra, *dry, cwd=place)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
@@ -98,9 +117,9 @@ def test_overwrite_and_checkpoint_never_touch_what_dlowrank_did_not_write(place,
 
 
 def test_overwrite_replaces_a_dlowrank_result_and_leaves_no_old_copy(place):
-    first = cli(*SVD, "--out", "r.zarr", cwd=place)
+    first = invoke(*SVD, "--out", "r.zarr", cwd=place)
     assert first.returncode == 0, first.stderr
-    again = cli(*SVD[:3], "4", *SVD[4:], "--out", "r.zarr", "--overwrite", cwd=place)
+    again = invoke(*SVD[:3], "4", *SVD[4:], "--out", "r.zarr", "--overwrite", cwd=place)
     assert again.returncode == 0, again.stderr
     assert dlowrank.load(place / "r.zarr").rank == 4
     assert not [p.name for p in place.iterdir() if p.name.startswith(".r.zarr")]
@@ -159,7 +178,7 @@ def test_no_command_removes_anything_outside_a_dlowrank_result(place):
         ("svd", "m.npy", "--rank", "2", "--workers", "0", "--out", "x.zarr"),
     ]
     for args in runs:
-        proc = cli(*args, cwd=place)
+        proc = invoke(*args, cwd=place)
         assert proc.returncode in (0, 2), (args, proc.stderr)
     after = snapshot(place)
     assert {k: v for k, v in after.items() if k in before} == before
@@ -224,11 +243,11 @@ def test_every_flag_a_message_names_exists_on_the_commands_it_is_said_of():
 def test_run_flags_override_the_job_file(place):
     job = place / "job.yaml"
     job.write_text("command: svd\ninput: small.zarr\nout: r.zarr\nrank: 3\nworkers: 0\n")
-    assert cli("run", job, "-q", cwd=place).returncode == 0
+    assert invoke("run", job, "-q", cwd=place).returncode == 0
     job.write_text("command: svd\ninput: small.zarr\nout: r.zarr\nrank: 4\nworkers: 0\n")
-    refused = cli("run", job, "-q", cwd=place)
+    refused = invoke("run", job, "-q", cwd=place)
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
-    done = cli("run", job, "-q", "--overwrite", "--workers", "0", "--timeout", "600", cwd=place)
+    done = invoke("run", job, "-q", "--overwrite", "--workers", "0", "--timeout", "600", cwd=place)
     assert done.returncode == 0, done.stderr
     assert dlowrank.load(place / "r.zarr").rank == 4
 
@@ -244,14 +263,14 @@ def test_dry_run_refuses_what_the_run_would_refuse_without_a_cluster(place):
     from dlowrank.io.checkpoint import Checkpoint
 
     base = ("svd", "small.zarr", "--rank", "3", "-q")
-    assert cli(*base, "--workers", "0", "--out", "r.zarr", cwd=place).returncode == 0
+    assert invoke(*base, "--workers", "0", "--out", "r.zarr", cwd=place).returncode == 0
     Checkpoint(place / "ck", {"command": "svd", "job": {"rank": 9}}).open()
     ro = place / "readonly"
     ro.mkdir()
     ro.chmod(0o555)
     (place / "ratings.csv").write_text("0,0,1.0\n1,2,2.0\n2,1,3.0\n")
     assert (
-        cli("convert", "ratings.csv", "--out", "ratings.zarr", "--ratings", cwd=place).returncode
+        invoke("convert", "ratings.csv", "--out", "ratings.zarr", "--ratings", cwd=place).returncode
         == 0
     )
     cases = [
@@ -266,7 +285,7 @@ def test_dry_run_refuses_what_the_run_would_refuse_without_a_cluster(place):
             for dry in (["--dry-run"], []):
                 if os.geteuid() == 0 and "readonly/r.zarr" in args:
                     continue  # root writes into a read-only folder anyway
-                proc = cli(*args, *dry, cwd=place, env=NO_CLUSTER, timeout=60)
+                proc = invoke(*args, *dry, cwd=place, env=NO_CLUSTER)
                 assert proc.returncode == 2, (args, dry, proc.stderr)
                 assert message in proc.stderr, (args, proc.stderr)
     finally:
