@@ -261,6 +261,8 @@ def _describe(url: str) -> dict:
     except Exception:  # not a group: describe it as a matrix (which validates it)
         return _describe_array(url)
     attrs = dict(group.attrs.get("dlowrank") or {})
+    if attrs.get("current") and attrs["current"] in group:  # a result: arrays in its version
+        group = group[attrs["current"]]
     members = {
         name: {"shape": list(node.shape), "dtype": str(node.dtype)} for name, node in group.arrays()
     }

@@ -1,13 +1,17 @@
 """Result objects and their Zarr layout.
 
-A saved result is a Zarr group holding its arrays (``u``, ``s``, ``vt`` for an
-SVD; ``w``, ``v`` for an eigen-decomposition) and one attribute, ``dlowrank``,
-with the provenance: exactly :meth:`SVDResult.to_dict` plus ``"complete": true``,
-written last, so that a reader can tell a finished result from a partial one.
+A saved result is a Zarr group. Its arrays (``u``, ``s``, ``vt`` for an SVD;
+``w``, ``v`` for an eigen-decomposition; ``u``, ``v``, ``loss`` for a
+factorization) live in an immutable version group inside it, ``v-<tag>``. The
+group's own attribute ``dlowrank`` holds the provenance: exactly
+:meth:`SVDResult.to_dict`, the arrays' SHA-256 ``checksums``, ``"complete":
+true`` and ``"current": "v-<tag>"``. It is written last, in one atomic step, so a
+reader that goes through it (:func:`load`) sees the old result or the new one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -17,7 +21,7 @@ import numpy as np
 import zarr
 
 from dlowrank.errors import ResultError, StoreNotFoundError
-from dlowrank.io.store import publish
+from dlowrank.io.store import is_unpublished, publish_result, read_marker
 
 FORMAT_VERSION = 1
 
@@ -80,27 +84,35 @@ class _Provenance:
         overwrite: bool = False,
         storage_options: dict | None = None,
     ) -> None:
-        """Write the result to a Zarr group at ``url``, atomically (see module doc)."""
+        """Write the result to a Zarr group at ``url``, atomically for readers.
+
+        The arrays go to a new immutable version folder inside ``url``; the
+        group's own metadata, holding the provenance and the name of the current
+        version, is written last in one atomic step (see module doc).
+        """
         kwargs = {"storage_options": storage_options} if storage_options else {}
+        arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in self._arrays}
+        attrs = {**self.to_dict(), "checksums": {k: _checksum(v) for k, v in arrays.items()}}
 
-        def write(tmp: str) -> None:
-            group = zarr.open_group(tmp, mode="w", **kwargs)
-            for name in self._arrays:
-                group.create_array(name, data=np.ascontiguousarray(getattr(self, name)))
-            group.attrs["dlowrank"] = self.to_dict()
+        def write(version: str) -> None:
+            group = zarr.open_group(version, mode="w", **kwargs)
+            group.attrs["dlowrank"] = attrs  # first: the version is recognisably dlowrank's
+            for name, data in arrays.items():
+                group.create_array(name, data=data)
 
-        def mark_complete(final: str) -> None:
-            group = zarr.open_group(final, mode="r+", **kwargs)
-            group.attrs["dlowrank"] = {**self.to_dict(), "complete": True}
-
-        publish(
+        publish_result(
             url,
             write,
+            attrs,
             overwrite=overwrite,
             storage_options=storage_options,
-            mark_complete=mark_complete,
             inputs=[self.input.get("source")],
         )
+
+
+def _checksum(a: np.ndarray) -> str:
+    """SHA-256 of an array's bytes: load verifies what it read against it."""
+    return hashlib.sha256(np.ascontiguousarray(a)).hexdigest()
 
 
 @dataclass(frozen=True, repr=False)
@@ -201,8 +213,17 @@ class FactorizationResult(_Provenance):
 _CLASSES = {"svd": SVDResult, "eigh": EighResult, "factorization": FactorizationResult}
 
 
+#: How often ``load`` re-reads the pointer when a replacement raced with its read.
+LOAD_ATTEMPTS = 5
+
+
 def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDResult | EighResult:
     """Load a result saved by ``save``; refuse one without its completion marker.
+
+    Reads the result's pointer (its group metadata) first, then the arrays of the
+    version it names, and checks them against the checksums stored with it; if a
+    concurrent replacement removed that version meanwhile, it reads the pointer
+    again. So a reader gets the old result or the new one, whole, never a mix.
 
     Examples
     --------
@@ -213,24 +234,51 @@ def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDR
     >>> bool(np.array_equal(dlowrank.load(path).s, r.s))
     True
     """
-    url = os.fspath(url)
+    url = os.fspath(url).rstrip("/")
     kwargs = {"storage_options": storage_options} if storage_options else {}
-    try:
-        group = zarr.open_group(url, mode="r", **kwargs)
-    except FileNotFoundError:
-        raise StoreNotFoundError(f"result {url} does not exist") from None
-    except (ValueError, TypeError) as exc:  # zarr raises these for a non-group node
-        raise ResultError(f"{url} is not a dlowrank result ({exc})") from None
-    attrs = dict(group.attrs.get("dlowrank") or {})
-    if attrs.get("kind") not in _CLASSES:
+    problem = ""
+    for _ in range(LOAD_ATTEMPTS):
+        attrs = _pointer(url, storage_options)
+        cls = _CLASSES[attrs["kind"]]
+        base = f"{url}/{attrs['current']}" if attrs.get("current") else url
+        try:
+            arrays = {
+                n: zarr.open_array(f"{base}/{n}", mode="r", **kwargs)[...] for n in cls._arrays
+            }
+        except Exception as exc:  # the version went away under us: read the pointer again
+            problem = f"{type(exc).__name__}: {exc}"
+            continue
+        sums = attrs.get("checksums") or {}
+        bad = [n for n, a in arrays.items() if n in sums and _checksum(a) != sums[n]]
+        if bad:
+            problem = f"the arrays {', '.join(bad)} do not match their checksums"
+            continue
+        names = {f.name for f in fields(cls) if f.name not in cls._arrays}
+        return cls(**{k: v for k, v in attrs.items() if k in names}, **arrays)
+    raise ResultError(
+        f"result {url} could not be read whole in {LOAD_ATTEMPTS} attempts ({problem}); it is "
+        "damaged, or being replaced very often"
+    )
+
+
+def _pointer(url: str, storage_options: dict | None) -> dict:
+    """The result's provenance and current version, from its group metadata (raw JSON)."""
+    from dlowrank.io.matrix import filesystem
+
+    fs, path = filesystem(url, storage_options)
+    if not fs.exists(path):
+        raise StoreNotFoundError(f"result {url} does not exist")
+    attrs = read_marker(url, storage_options)
+    if attrs is None and is_unpublished(url, storage_options):
+        raise StoreNotFoundError(
+            f"result {url} is not published yet (its first write is in progress, or was "
+            "interrupted; rerun the job that makes it)"
+        )
+    if attrs is None or attrs.get("kind") not in _CLASSES:
         raise ResultError(f"{url} is not a dlowrank result (no `dlowrank` attribute with a kind)")
     if not attrs.get("complete"):
         raise ResultError(
             f"result {url} is incomplete (no completion marker): it was not "
             "fully written; rerun the job that makes it"
         )
-    cls = _CLASSES[attrs["kind"]]
-    names = {f.name for f in fields(cls) if f.name not in cls._arrays}
-    kwargs = {k: v for k, v in attrs.items() if k in names}
-    arrays = {name: group[name][...] for name in cls._arrays}
-    return cls(**kwargs, **arrays)
+    return attrs

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import fsspec
+import fsspec.implementations.local
 
 from dlowrank.errors import OutputExistsError, UnsafeOutputError
 
@@ -74,6 +75,41 @@ def is_own_result(url: str | os.PathLike, storage_options: dict | None = None) -
     """True when ``url`` holds a complete node that dlowrank wrote (safe to replace)."""
     marker = read_marker(url, storage_options)
     return bool(marker and marker.get("complete") is True)
+
+
+def is_own_partial(url: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """True for a folder holding only version folders of a result (and pointer
+    scratch), as a killed first publish leaves it: no pointer yet, every entry
+    dlowrank's."""
+    url = os.fspath(url)
+    fs, path = _fs(url, storage_options)
+    path = path.rstrip("/")
+    try:
+        if not fs.isdir(path) or fs.exists(f"{path}/zarr.json"):
+            return False
+        names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
+    except OSError:
+        return False
+    versions = [n for n in names if n.startswith(VERSION_PREFIX)]
+    others = [n for n in names if n not in versions and not n.startswith(".zarr.json.tmp-")]
+    return bool(versions) and not others and all(
+        read_marker(f"{url.rstrip('/')}/{v}", storage_options) is not None for v in versions
+    )
+
+
+def is_unpublished(url: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """True for a folder with no result metadata yet whose entries can only be a
+    first publish in progress: version folders and pointer scratch (or nothing)."""
+    url = os.fspath(url)
+    fs, path = _fs(url, storage_options)
+    path = path.rstrip("/")
+    try:
+        if not fs.isdir(path) or fs.exists(f"{path}/zarr.json"):
+            return False
+        names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
+    except OSError:
+        return False
+    return all(n.startswith((VERSION_PREFIX, ".zarr.json.tmp-")) for n in names)
 
 
 def _describe_local(p: Path) -> str:
@@ -160,6 +196,8 @@ def check_output(
     if not exists:
         _check_parent_writable(url, what)
         return
+    if is_own_partial(url, storage_options):
+        return  # versions of a result whose first publish was killed: ours to finish
     if not is_own_result(url, storage_options):
         raise UnsafeOutputError(
             f"{what} {url} is {describe()}, not a complete dlowrank result; dlowrank "
@@ -356,3 +394,130 @@ def _publish_remote(
     if mark_complete is not None:
         mark_complete(url)
     logger.info("published %s", url)
+
+
+# --- results: immutable versions inside the output, and a pointer written last ------
+
+#: Name prefix of the immutable version folders inside a result.
+VERSION_PREFIX = "v-"
+#: Versions kept besides the current one, for readers that read the previous pointer.
+KEEP_PREVIOUS = 1
+
+
+def publish_result(
+    url: str | os.PathLike,
+    write_version: Callable[[str], None],
+    attrs: dict,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    inputs: Iterable[str | None] = (),
+) -> str:
+    """Publish a result as a new immutable version inside ``url``; return its name.
+
+    ``write_version(version_url)`` writes the result's arrays as a Zarr group at
+    ``url/v-<tag>``. Then the result's root metadata, ``url/zarr.json`` (a Zarr
+    group whose ``dlowrank`` attribute is ``attrs`` plus ``"complete": true``
+    and ``"current": "v-<tag>"``), is written in one atomic step: an
+    ``os.replace`` on a local file system, one PUT on an object store. A reader
+    that reads the pointer first (``dlowrank.load``) sees the old result or the
+    new one, whole. Versions older than the previous one are removed afterwards.
+    Without ``overwrite`` a pointer that appeared meanwhile is never replaced.
+    """
+    url = os.fspath(url)
+    check_output(url, overwrite=overwrite, inputs=inputs, storage_options=storage_options)
+    fs, path = _fs(url, storage_options)
+    path = path.rstrip("/")
+    local = is_local(url)
+    if local:
+        remove_leftovers(_local_path(url))
+    created = not fs.exists(path)
+    tag = f"{VERSION_PREFIX}{uuid.uuid4().hex[:12]}"
+    version = f"{url.rstrip('/')}/{tag}"
+    pointer = {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {"dlowrank": {**attrs, "complete": True, "current": tag}},
+    }
+    try:
+        write_version(version)
+        _write_pointer(fs, path, json.dumps(pointer, indent=2).encode(), overwrite, tag)
+    except BaseException:
+        _remove_quietly(fs, f"{path}/{tag}")
+        if created and fs.exists(path) and not fs.exists(f"{path}/zarr.json"):
+            _remove_empty(fs, path)
+        raise
+    _prune_versions(fs, path, tag)
+    logger.info("published %s (version %s)", url, tag)
+    return tag
+
+
+def _write_pointer(fs, path: str, data: bytes, overwrite: bool, tag: str) -> None:
+    target = f"{path}/zarr.json"
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        tmp = f"{path}/.zarr.json.tmp-{tag}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            if overwrite:
+                os.replace(tmp, target)  # atomic: readers see the old file or the new one
+            else:
+                try:
+                    os.link(tmp, target)  # atomic create-if-absent
+                except FileExistsError:
+                    raise OutputExistsError(
+                        f"output {path} appeared while the result was written; "
+                        "choose another path or pass --overwrite"
+                    ) from None
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    if not overwrite and fs.exists(target):
+        raise OutputExistsError(
+            f"output {path} appeared while the result was written; "
+            "choose another path or pass --overwrite"
+        )
+    fs.pipe_file(target, data)  # one PUT: atomic on object stores
+
+
+def _versions(fs, path: str) -> list[str]:
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+    return [n for n in names if n.startswith(VERSION_PREFIX)]
+
+
+def _prune_versions(fs, path: str, current: str) -> None:
+    """Remove versions other than the current one and the newest previous ones."""
+    older = [v for v in _versions(fs, path) if v != current]
+    dated = []
+    for v in older:
+        try:
+            stamp = fs.info(f"{path}/{v}/zarr.json").get("mtime") or 0
+        except FileNotFoundError:
+            stamp = 0
+        dated.append((float(stamp) if not hasattr(stamp, "timestamp") else stamp.timestamp(), v))
+    dated.sort(reverse=True)
+    for _, v in dated[KEEP_PREVIOUS:]:
+        _remove_quietly(fs, f"{path}/{v}")
+
+
+def _remove_quietly(fs, target: str) -> None:
+    try:
+        if fs.exists(target):
+            fs.rm(target, recursive=True)
+    except OSError as exc:
+        logger.warning("could not remove %s: %s", target, exc)
+
+
+def _remove_empty(fs, path: str) -> None:
+    try:
+        if not fs.ls(path, detail=False):
+            fs.rmdir(path)
+    except OSError:
+        pass
