@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any
 
 import click
@@ -111,6 +112,21 @@ def main(verbose: int, log_level: str | None) -> None:
         level = getattr(logging, log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _quiet_dask(level)
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """dlowrank's warnings as one line on stderr; others as Python shows them."""
+    from dlowrank.errors import DlowrankWarning
+
+    if issubclass(category, DlowrankWarning):
+        click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+    elif level_is_debug():
+        click.echo(warnings.formatwarning(message, category, filename, lineno, line), err=True)
+
+
+def level_is_debug() -> bool:
+    return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
 
 
 def _quiet_dask(level: int) -> None:
@@ -606,7 +622,7 @@ def _override_option(opt: Any) -> click.Option:
 
 
 def _run_command() -> click.Command:
-    from dlowrank.jobs import OUTPUT, RUNTIME, load_job_file
+    from dlowrank.jobs import INPUT, OUTPUT, RUNTIME, load_job_file
 
     def callback(job_file: str, dry_run: bool, as_json: bool, quiet: bool, **flags: Any) -> None:
         overrides = {k: v for k, v in flags.items() if v is not None}
@@ -619,7 +635,7 @@ def _run_command() -> click.Command:
         ),
         click.Option(["--json", "as_json"], is_flag=True, help="Print a one-line JSON summary."),
         click.Option(["--quiet", "-q"], is_flag=True, help="No progress output."),
-        *[_override_option(o) for o in OUTPUT + RUNTIME],
+        *[_override_option(o) for o in INPUT + OUTPUT + RUNTIME],
     ]
     return click.Command(
         "run",

@@ -57,3 +57,8 @@ class BackendError(DlowrankError, ImportError):
 
 class PassTimeoutError(DlowrankError, TimeoutError):
     """A pass took longer than its limit (``--timeout``)."""
+
+
+class StorageError(DlowrankError, OSError):
+    """The input's storage is damaged or changed: absent or undecodable chunks, or a
+    matrix rewritten while a run reads it."""

@@ -52,6 +52,21 @@ RUNTIME = [
     Option("tls_ca_file", str, None, "CA certificate (PEM) for a TLS cluster."),
     Option("tls_cert", str, None, "Client certificate (PEM) for a TLS cluster."),
     Option("tls_key", str, None, "Client private key (PEM) for a TLS cluster."),
+    Option(
+        "verify_input",
+        str,
+        "listing",
+        "How to tell that the input changed: listing (file sizes and times or ETags) "
+        "or checksum (every file's bytes: one extra read).",
+    ),
+]
+INPUT = [
+    Option(
+        "allow_missing_chunks",
+        bool,
+        False,
+        "Read absent chunks as the fill value (an array sparse by design); else an error.",
+    ),
 ]
 OUTPUT = [
     Option("overwrite", bool, False, "Replace an existing result once the new one is complete."),
@@ -70,6 +85,7 @@ COMMANDS: dict[str, list[Option]] = {
         Option("sketch_size", int, None, "Single pass: range sketch width k (default 4 rank + 1)."),
         Option("seed", int, 0, "Seed; the result does not depend on chunks or workers."),
         Option("symmetric", bool, False, "Symmetric input: eigen-decomposition form."),
+        *INPUT,
         *OUTPUT,
         *RUNTIME,
     ],
@@ -82,6 +98,7 @@ COMMANDS: dict[str, list[Option]] = {
         Option("init", str, None, "svd or random (default: svd for complete data)."),
         Option("missing", str, None, "nan: NaN entries are missing."),
         Option("seed", int, 0, "Seed."),
+        *INPUT,
         *OUTPUT,
         *RUNTIME,
     ],
@@ -93,6 +110,7 @@ COMMANDS: dict[str, list[Option]] = {
         Option("tol", float, 1e-4, "Stop when the objective changes less (relative)."),
         Option("weight_decay", float, 0.0, "L2 weight decay alpha on both factors."),
         Option("seed", int, 0, "Seed."),
+        *INPUT,
         *OUTPUT,
         *RUNTIME,
     ],
@@ -102,6 +120,7 @@ COMMANDS: dict[str, list[Option]] = {
         Option("n_oversamples", int, 10, "Extra sketch columns."),
         Option("seed", int, 0, "Seed."),
         Option("plot", str, None, "Write a scree and cumulative-energy plot (PNG) here."),
+        *INPUT,
         *OUTPUT,
         *RUNTIME,
     ],
@@ -360,6 +379,17 @@ def run_job(
     the error says where it is and how to resume or discard it; an empty one is
     removed.
     """
+    o = cfg.options
+    settings = {
+        "dlowrank.pass-timeout": o.get("timeout"),
+        "dlowrank.allow-missing-chunks": bool(o.get("allow_missing_chunks")),
+        "dlowrank.verify-input": o.get("verify_input") or "listing",
+    }
+    with dask.config.set(settings):
+        return _run_job(cfg, dry_run, progress, say)
+
+
+def _run_job(cfg: JobConfig, dry_run: bool, progress: Any, say: Callable[[str], None]) -> Outcome:
     from dlowrank.io.checkpoint import Checkpoint
 
     o = cfg.options
@@ -414,7 +444,6 @@ def run_job(
                 threads_per_worker=o.get("threads_per_worker"),
                 memory_limit=o.get("memory_limit"),
             ) as client,
-            dask.config.set({"dlowrank.pass-timeout": o.get("timeout")}),
         ):
             summary = runner(cfg, client, ckpt, progress, plan.fingerprint, say)
     except BaseException as exc:
@@ -497,6 +526,10 @@ def _check_options(command: str, o: dict) -> None:
             parse_float(o["tol"], "tol", low=0.0)
     if o.get("seed") is not None:
         parse_int(o["seed"], "seed", 0)
+    if o.get("verify_input") is not None:
+        from dlowrank.io.inventory import VERIFY_MODES
+
+        parse_choice(o["verify_input"], "verify_input", VERIFY_MODES)
     if command == "factorize":
         parse_choice(o["method"], "method", ("als", "gd"))
         parse_choice(o["missing"], "missing", (None, "nan"))
@@ -612,7 +645,7 @@ def _run_factorization(cfg, client, ckpt, progress, fp, say) -> dict:
     from dlowrank.factorization import factorize, nmf
 
     o = cfg.options
-    own = {opt.name for opt in COMMANDS[cfg.command]} - {x.name for x in OUTPUT + RUNTIME}
+    own = {opt.name for opt in COMMANDS[cfg.command]} - {x.name for x in INPUT + OUTPUT + RUNTIME}
     kwargs = {k: o[k] for k in own if k != "rank"}
     call = factorize if cfg.command == "factorize" else nmf
     r = call(

@@ -18,6 +18,7 @@ Two layouts:
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import os
@@ -33,7 +34,7 @@ import numpy as np
 from dask.callbacks import Callback
 from threadpoolctl import threadpool_limits
 
-from dlowrank.errors import DlowrankWarning, PassTimeoutError
+from dlowrank.errors import DlowrankWarning, PassTimeoutError, StorageError
 from dlowrank.io.source import DaskSource, Rect, ZarrSource
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,8 @@ class PassEngine:
         per task.
         """
         index, name = self.passes + 1, kernel.__name__
-        saved = self.checkpoint.load(index, name) if self.checkpoint is not None else None
+        fp = self.input_fingerprint
+        saved = self.checkpoint.load(index, name, fp) if self.checkpoint is not None else None
         if saved is not None:
             self.passes += 1
             self.restored += 1
@@ -226,9 +228,10 @@ class PassEngine:
             return _unflatten(saved)
         start = time.perf_counter()
         out = self._compute(kernel, args, index)
+        self._check_input(index)
         self.passes += 1
         if self.checkpoint is not None:
-            self.checkpoint.save(index, name, _flatten(out))
+            self.checkpoint.save(index, name, _flatten(out), fp)
             # A pause after each saved pass, for tests that kill a job between passes.
             time.sleep(float(os.environ.get("DLOWRANK_TEST_PASS_DELAY", "0")))
         seconds = time.perf_counter() - start
@@ -236,6 +239,30 @@ class PassEngine:
         self._emit(PassEvent("done", index, 1, 1, seconds, nbytes))
         logger.info("pass %d (%s) done in %.2f s", index, name, seconds)
         return out
+
+    @functools.cached_property
+    def input_fingerprint(self) -> str | None:
+        """The input's fingerprint when the run started (None for in-memory input)."""
+        from dlowrank.io.checkpoint import fingerprint
+        from dlowrank.io.inventory import source_url
+
+        return fingerprint(self.source) if source_url(self.source) else None
+
+    def _check_input(self, index: int) -> None:
+        """The input must be as it was when the run started: a matrix rewritten between
+        passes would mix old and new data into one result."""
+        before = self.input_fingerprint
+        if before is None:
+            return
+        from dlowrank.io.checkpoint import fingerprint
+        from dlowrank.io.inventory import source_url
+
+        if fingerprint(self.source) != before:
+            raise StorageError(
+                f"the input {source_url(self.source)} changed during the run (found after "
+                f"pass {index}: its files' sizes, times or checksums differ); nothing was "
+                "published. Run again once the input is final"
+            )
 
     def run_pieces(self, kernel: Callable, *args: Any) -> list[Any]:
         """One pass returning every piece's own output, unreduced (for diagnostics)."""

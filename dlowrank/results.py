@@ -269,7 +269,10 @@ def _pointer(url: str, storage_options: dict | None) -> dict:
     if not fs.exists(path):
         raise StoreNotFoundError(f"result {url} does not exist")
     attrs = read_marker(url, storage_options)
-    if attrs is None and is_unpublished(url, storage_options):
+    unpublished = attrs is None and is_unpublished(url, storage_options)
+    if attrs is None:  # the pointer may have appeared between the two looks
+        attrs = read_marker(url, storage_options)
+    if attrs is None and unpublished:
         raise StoreNotFoundError(
             f"result {url} is not published yet (its first write is in progress, or was "
             "interrupted; rerun the job that makes it)"

@@ -225,9 +225,9 @@ def test_every_flag_a_message_names_exists_on_the_commands_it_is_said_of():
     """A job's output and runtime flags (named by the job layer's, checkpoints' and
     publishing's messages) exist on every job command and on `run`; any other flag
     the library names exists on some command."""
-    from dlowrank.jobs import OUTPUT, RUNTIME
+    from dlowrank.jobs import INPUT, OUTPUT, RUNTIME
 
-    job_level = {o.flag for o in OUTPUT + RUNTIME}
+    job_level = {o.flag for o in INPUT + OUTPUT + RUNTIME}
     anywhere = set().union(*(_flags(c) for c in main.commands))
     found = set()
     for path in (ROOT / "dlowrank").rglob("*.py"):

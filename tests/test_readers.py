@@ -40,7 +40,8 @@ while not os.path.exists(stop):
         continue
     except Exception as exc:
         counts["bad"] += 1
-        bad.append(f"{type(exc).__name__}: {exc}"[:300])
+        there = sorted(os.listdir(url)) if os.path.isdir(url) else None
+        bad.append(f"{type(exc).__name__}: {exc}"[:300] + f" (the folder held {there})")
         continue
     k = r.rank
     ok = (

@@ -9,16 +9,18 @@ output is a flat dict of arrays.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
 import uuid
+import warnings
 from typing import Any
 
 import numpy as np
 
-from dlowrank.errors import CheckpointError, UnsafeOutputError
+from dlowrank.errors import CheckpointError, DlowrankWarning, UnsafeOutputError
 from dlowrank.io.matrix import filesystem
 
 logger = logging.getLogger(__name__)
@@ -95,8 +97,8 @@ class Checkpoint:
                 f"checkpoint {self.url} is a file, not a checkpoint folder; choose "
                 "another --checkpoint; nothing was touched"
             )
-        entries = self._entries()
-        if entries:
+        entries = [e for e in self._entries() if not e.startswith(_OWN_PREFIXES)]
+        if entries:  # pass files alone (checkpoint.json lost) are ours, each checked on load
             raise UnsafeOutputError(
                 f"checkpoint folder {self.url} already holds {len(entries)} entr"
                 f"{'y' if len(entries) == 1 else 'ies'} that dlowrank did not write "
@@ -117,17 +119,66 @@ class Checkpoint:
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, target)
 
-    def load(self, index: int, name: str) -> dict[str, np.ndarray] | None:
-        """The arrays saved for pass ``index`` by kernel ``name``, or None."""
+    def load(
+        self, index: int, name: str, input_fingerprint: str | None = None
+    ) -> dict[str, np.ndarray] | None:
+        """The arrays saved for pass ``index`` by kernel ``name``, or None.
+
+        A pass file is used only when its own metadata holds: the checksum of its
+        arrays, the input fingerprint it was computed from, and the digest of
+        this checkpoint's parameters. A damaged or foreign file is discarded with
+        a warning (the pass is computed again).
+        """
         target = self._file(f"pass-{index:04d}-{name}.npz")
         if not self.fs.exists(target):
             return None
-        with np.load(io.BytesIO(self.fs.cat_file(target)), allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with np.load(io.BytesIO(self.fs.cat_file(target)), allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+            meta = json.loads(str(arrays.pop(_META)))
+        except Exception as exc:  # truncated, garbled, or without metadata: never trusted
+            return self._discard(target, f"it cannot be read ({type(exc).__name__}: {exc})")
+        expected = {
+            "checksum": _digest(arrays),
+            "input_fingerprint": input_fingerprint,
+            "params": self._params_digest(),
+        }
+        wrong = [k for k, v in expected.items() if meta.get(k) != v]
+        if wrong:
+            return self._discard(target, f"its {', '.join(wrong)} do not match this run")
+        return arrays
 
-    def save(self, index: int, name: str, arrays: dict[str, np.ndarray]) -> None:
+    def _discard(self, target: str, why: str) -> None:
+        warnings.warn(
+            f"checkpoint {self.url}: discarding {target.rsplit('/', 1)[-1]}, since {why}; "
+            "the pass is computed again",
+            DlowrankWarning,
+            stacklevel=3,
+        )
+        try:
+            self.fs.rm(target)
+        except OSError:
+            pass
+        return None
+
+    def _params_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()[:32]
+
+    def save(
+        self,
+        index: int,
+        name: str,
+        arrays: dict[str, np.ndarray],
+        input_fingerprint: str | None = None,
+    ) -> None:
+        """Save a pass's arrays with their checksum, input fingerprint and parameters."""
+        meta = {
+            "checksum": _digest(arrays),
+            "input_fingerprint": input_fingerprint,
+            "params": self._params_digest(),
+        }
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays, **{_META: np.array(json.dumps(meta))})
         self._write(self._file(f"pass-{index:04d}-{name}.npz"), buf.getvalue())
         logger.info("checkpoint: pass %d saved to %s", index, self.url)
 
@@ -139,8 +190,9 @@ class Checkpoint:
         dlowrank did not write is ever removed.
         """
         if not self.fs.exists(self._file("checkpoint.json")):
-            self.check_owned()
-            return
+            self.check_owned()  # only dlowrank's pass files, if anything
+            if not self._entries():
+                return
         for name in self._entries():
             if name.startswith(_OWN_PREFIXES):
                 self.fs.rm(self._file(name))
@@ -151,6 +203,19 @@ class Checkpoint:
             )
         elif self.fs.exists(self.path):
             self.fs.rmdir(self.path)
+
+
+_META = "__dlowrank_pass__"
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the arrays' names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}\n".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -164,28 +229,20 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def fingerprint(source: Any) -> str:
-    """A short identity of an input: its metadata and each stored chunk's size and time.
+    """A short identity of an input: its store listing (each file's name, size and
+    time or ETag), or with ``dlowrank.verify-input = "checksum"`` its bytes.
 
-    For a Zarr store, hashing the listing (not the bytes) is cheap and changes
-    when any chunk is rewritten; for an in-memory array it is dask's content token.
+    For an in-memory array it is dask's content token; for a zarr.Array on a
+    store that cannot be listed, its identity and metadata.
     """
-    import hashlib
-
     from dask.base import tokenize
 
-    url = getattr(source, "url", None)
+    from dlowrank.io.inventory import inspect_store, source_url
+
+    url = source_url(source)
     if url is None:
         array = getattr(source, "array", None)
-        root = getattr(getattr(array, "store", None), "root", None)
-        if root is not None:  # a zarr.Array on a local store: list its files as for a URL
-            url = os.path.join(str(root), array.path) if array.path else str(root)
-        elif array is not None:  # another store: its identity and metadata only
+        if array is not None:  # another store: its identity and metadata only
             return tokenize(repr(array.store_path), array.metadata.to_dict())[:32]
-        else:
-            return tokenize(getattr(source, "x", source))[:32]
-    fs, path = filesystem(url, getattr(source, "storage_options", None))
-    digest = hashlib.sha256()
-    for file, info in sorted(fs.find(path, detail=True).items()):
-        stamp = info.get("mtime") or info.get("LastModified") or info.get("created") or ""
-        digest.update(f"{file[len(path) :]}|{info.get('size')}|{stamp}\n".encode())
-    return digest.hexdigest()[:32]
+        return tokenize(getattr(source, "x", source))[:32]
+    return inspect_store(url, getattr(source, "storage_options", None))

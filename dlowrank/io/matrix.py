@@ -103,6 +103,60 @@ def check_shape(shape: tuple[int, ...], where: str) -> None:
         )
 
 
+#: Bounds on stored metadata, checked before zarr or dask see it.
+MAX_DIM = 2**48  # rows or columns
+MAX_CHUNK_BYTES = 2**31  # one chunk, decoded: a task holds a few of them
+MAX_CHUNKS = 10**9  # stored chunk files
+
+
+def check_layout(meta: dict, where: str) -> None:
+    """Shape and chunk sizes within sane bounds, from raw metadata; nonsense is an
+    :class:`InputError` naming the key and the value, never a crash inside dask."""
+    shape = meta.get("shape")
+    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        raise InputError(f"{where}: metadata `shape` must be a list of integers; got {shape!r}")
+    for d in shape:
+        if not 0 <= d <= MAX_DIM:
+            raise InputError(
+                f"{where}: metadata `shape` {shape} has a dimension outside [0, 2**48]; "
+                "the store's metadata is damaged or not a matrix"
+            )
+    if meta.get("zarr_format") == 3:
+        grid = meta.get("chunk_grid") or {}
+        chunks = (grid.get("configuration") or {}).get("chunk_shape")
+        key = "chunk_grid.configuration.chunk_shape"
+        if grid.get("name") != "regular":
+            raise InputError(f"{where}: only a regular chunk grid is supported; got {grid!r}")
+    else:
+        chunks, key = meta.get("chunks"), "chunks"
+    if (
+        not isinstance(chunks, list)
+        or len(chunks) != len(shape)
+        or not all(_is_int(c) and c >= 1 for c in chunks)
+    ):
+        raise InputError(
+            f"{where}: metadata `{key}` must list {len(shape)} integers >= 1; got {chunks!r}"
+        )
+    itemsize = compute_dtype(_metadata_dtype(meta, where), where).itemsize
+    nbytes = itemsize * int(np.prod([min(c, d) for c, d in zip(chunks, shape, strict=True)]))
+    if nbytes > MAX_CHUNK_BYTES:
+        raise InputError(
+            f"{where}: one chunk ({' x '.join(map(str, chunks))}) holds {nbytes / 2**30:.1f} "
+            f"GiB decoded, above the {MAX_CHUNK_BYTES / 2**30:.0f} GiB dlowrank reads at once; "
+            "rechunk the array (dlowrank convert --chunks)"
+        )
+    count = float(np.prod([-(-d // c) for d, c in zip(shape, chunks, strict=True)], dtype=float))
+    if count > MAX_CHUNKS:
+        raise InputError(
+            f"{where}: {count:.3g} chunks of {' x '.join(map(str, chunks))}, above "
+            f"{MAX_CHUNKS:.0e}; rechunk the array with larger chunks"
+        )
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _codec_names(node: Any) -> Iterator[str]:
     """Every codec id/name in a metadata tree, nested (sharding) ones included."""
     if isinstance(node, dict):
@@ -269,7 +323,11 @@ def open_matrix(url: str | os.PathLike, *, storage_options: dict | None = None) 
     where = f"input {url}"
     _check_codecs(meta, where)
     dtype = compute_dtype(_metadata_dtype(meta, where), where)
+    check_layout(meta, where)
     check_shape(tuple(meta["shape"]), where)
+    from dlowrank.io.inventory import inspect_store
+
+    inspect_store(url, storage_options, meta)  # every chunk the shape implies is stored
     kwargs = {"storage_options": storage_options} if storage_options else {}
     arr = zarr.open_array(url, mode="r", **kwargs)
     x = da.from_zarr(arr)

@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from dlowrank.errors import InputError
+from dlowrank.errors import InputError, StorageError
 from dlowrank.io.matrix import as_dask_matrix, zarr_origin
 
 Rect = tuple[int, int, int, int]  # r0, r1, c0, c1 in A's coordinates
@@ -71,8 +71,37 @@ class ZarrSource:
         for a, b in zip(edges[:-1], edges[1:], strict=True):
             lo, hi = max(a, c0), min(b, c1)
             if lo < hi:
-                out[:, lo - c0 : hi - c0] = arr[r0:r1, lo:hi]
+                try:
+                    out[:, lo - c0 : hi - c0] = arr[r0:r1, lo:hi]
+                except (MemoryError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:
+                    raise self._damaged(arr, (r0, r1, lo, hi), exc) from None
         return out
+
+    def _damaged(self, arr: Any, rect: Rect, exc: Exception) -> StorageError:
+        """Name the chunk of ``rect`` that fails to read (a damaged or truncated file)."""
+        r0, r1, c0, c1 = rect
+        rows, cols = arr.chunks
+        where = self.url or "the input"
+        for i in range(r0 // rows, (r1 - 1) // rows + 1):
+            for j in range(c0 // cols, (c1 - 1) // cols + 1):
+                try:
+                    arr[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols]
+                except Exception as err:
+                    key = arr.metadata.encode_chunk_key((i, j))
+                    last_row = min((i + 1) * rows, arr.shape[0]) - 1
+                    last_col = min((j + 1) * cols, arr.shape[1]) - 1
+                    return StorageError(
+                        f"chunk {key} of {where} (rows {i * rows}-{last_row}, "
+                        f"columns {j * cols}-{last_col}) cannot be "
+                        f"decoded: {type(err).__name__}: {err}; the file is damaged or "
+                        "truncated: restore it from its source"
+                    )
+        return StorageError(
+            f"{where}: rows {r0}-{r1 - 1}, columns {c0}-{c1 - 1} cannot be read: "
+            f"{type(exc).__name__}: {exc}"
+        )
 
 
 @dataclass(frozen=True)

@@ -92,8 +92,12 @@ def is_own_partial(url: str | os.PathLike, storage_options: dict | None = None) 
         return False
     versions = [n for n in names if n.startswith(VERSION_PREFIX)]
     others = [n for n in names if n not in versions and not n.startswith(".zarr.json.tmp-")]
-    return bool(versions) and not others and all(
-        read_marker(f"{url.rstrip('/')}/{v}", storage_options) is not None for v in versions
+    return (
+        bool(versions)
+        and not others
+        and all(
+            read_marker(f"{url.rstrip('/')}/{v}", storage_options) is not None for v in versions
+        )
     )
 
 
