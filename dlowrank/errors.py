@@ -62,3 +62,7 @@ class PassTimeoutError(DlowrankError, TimeoutError):
 class StorageError(DlowrankError, OSError):
     """The input's storage is damaged or changed: absent or undecodable chunks, or a
     matrix rewritten while a run reads it."""
+
+
+class ClusterError(DlowrankError, OSError):
+    """A Dask cluster could not be reached, has no workers, or lost them all."""

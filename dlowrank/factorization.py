@@ -17,6 +17,7 @@ from dlowrank.errors import ParameterError
 from dlowrank.io.ratings import RatingsSource
 from dlowrank.kernels import factor
 from dlowrank.params import (
+    MAX_ITER,
     parse_choice,
     parse_float,
     parse_int,
@@ -154,7 +155,10 @@ def factorize(
             "`init` = 'svd' needs complete data; use init='random' with missing='nan'"
         )
     max_iter = parse_int(
-        max_iter if max_iter is not None else (100 if method == "als" else 5000), "max_iter", 1
+        max_iter if max_iter is not None else (100 if method == "als" else 5000),
+        "max_iter",
+        1,
+        MAX_ITER,
     )
     tol = parse_float(tol, "tol", low=0.0)
     seq = parse_seed(seed)
@@ -254,7 +258,7 @@ def nmf(
     k = parse_rank(rank, shape, required=True)
     solver = parse_choice(solver, "solver", ("hals", "mu"))
     init = parse_choice(init, "init", ("nndsvd", "nndsvda", "random"))
-    max_iter = parse_int(max_iter, "max_iter", 1)
+    max_iter = parse_int(max_iter, "max_iter", 1, MAX_ITER)
     tol = parse_float(tol, "tol", low=0.0)
     alpha = parse_float(weight_decay, "weight_decay", low=0.0)
     seq = parse_seed(seed)

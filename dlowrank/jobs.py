@@ -48,7 +48,20 @@ RUNTIME = [
     Option("workers", int, None, "LocalCluster worker processes (0: dask threads, no cluster)."),
     Option("threads_per_worker", int, None, "Threads per LocalCluster worker."),
     Option("memory_limit", str, None, "Memory limit per LocalCluster worker, e.g. 2GB."),
-    Option("timeout", float, None, "Fail (exit 4) when one pass takes longer (seconds)."),
+    Option(
+        "timeout",
+        float,
+        None,
+        "Fail (exit 4) when one pass takes longer (seconds); default on a cluster: "
+        "20 times the first pass, at least 600.",
+    ),
+    Option("connect_timeout", float, 30.0, "Seconds to wait for a scheduler to answer."),
+    Option(
+        "no_workers_timeout",
+        float,
+        60.0,
+        "Seconds to wait for a first worker, or without any worker during a pass.",
+    ),
     Option("tls_ca_file", str, None, "CA certificate (PEM) for a TLS cluster."),
     Option("tls_cert", str, None, "Client certificate (PEM) for a TLS cluster."),
     Option("tls_key", str, None, "Client private key (PEM) for a TLS cluster."),
@@ -384,6 +397,8 @@ def run_job(
         "dlowrank.pass-timeout": o.get("timeout"),
         "dlowrank.allow-missing-chunks": bool(o.get("allow_missing_chunks")),
         "dlowrank.verify-input": o.get("verify_input") or "listing",
+        "dlowrank.connect-timeout": o.get("connect_timeout"),
+        "dlowrank.no-workers-timeout": o.get("no_workers_timeout"),
     }
     with dask.config.set(settings):
         return _run_job(cfg, dry_run, progress, say)
@@ -503,20 +518,36 @@ def _check_params(cfg: JobConfig, shape: tuple[int, int]) -> None:
 
 def _check_options(command: str, o: dict) -> None:
     """The value rules of every option, so that --dry-run catches what a run would."""
-    from dlowrank.params import parse_choice, parse_float, parse_int
+    from dlowrank.params import (
+        MAX_ITER,
+        MAX_OVERSAMPLES,
+        MAX_POWER_ITER,
+        MAX_TIMEOUT,
+        MAX_WORKERS,
+        parse_choice,
+        parse_float,
+        parse_int,
+        parse_memory,
+    )
 
     ints = {
-        "n_power_iter": 0,
-        "n_oversamples": 0,
-        "max_rank": 1,
-        "sketch_size": 1,
-        "max_iter": 1,
-        "workers": 0,
-        "threads_per_worker": 1,
+        "n_power_iter": (0, MAX_POWER_ITER),
+        "n_oversamples": (0, MAX_OVERSAMPLES),
+        "max_rank": (1, None),
+        "sketch_size": (1, None),
+        "max_iter": (1, MAX_ITER),
+        "passes": (1, MAX_POWER_ITER + 1),
+        "workers": (0, MAX_WORKERS),
+        "threads_per_worker": (1, MAX_WORKERS),
     }
-    for name, low in ints.items():
+    for name, (low, high) in ints.items():
         if o.get(name) is not None:
-            parse_int(o[name], name, low)
+            parse_int(o[name], name, low, high)
+    for name in ("timeout", "connect_timeout", "no_workers_timeout"):
+        if o.get(name) is not None:
+            parse_float(o[name], name, low=0.0, high=MAX_TIMEOUT, low_open=True)
+    if o.get("memory_limit") is not None:
+        parse_memory(o["memory_limit"])
     if o.get("weight_decay") is not None:
         parse_float(o["weight_decay"], "weight_decay", low=0.0)
     if o.get("tol") is not None:

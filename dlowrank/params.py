@@ -13,15 +13,40 @@ import numpy as np
 
 from dlowrank.errors import ParameterError
 
+#: Upper bounds of the numeric options: beyond them a value is a typo, not a plan.
+MAX_POWER_ITER = 30  # each iteration is one more read of A; past a few, widen the sketch
+MAX_OVERSAMPLES = 10_000
+MAX_ITER = 100_000
+MAX_WORKERS = 4096
+MAX_TIMEOUT = 10**7  # seconds (about 115 days)
 
-def parse_int(value: Any, name: str, low: int, high: int | None = None) -> int:
+
+def parse_int(value: Any, name: str, low: int, high: int | None = None, hint: str = "") -> int:
     """An integer in [low, high] (high None: no upper bound); bools are refused."""
     rule = f"in [{low}, {high}]" if high is not None else f">= {low}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ParameterError(f"`{name}` must be an integer {rule}; got {value!r}")
+        raise ParameterError(f"`{name}` must be an integer {rule}; got {value!r}{hint}")
     if value < low or (high is not None and value > high):
-        raise ParameterError(f"`{name}` must be an integer {rule}; got {value}")
+        raise ParameterError(f"`{name}` must be an integer {rule}; got {value}{hint}")
     return int(value)
+
+
+def parse_memory(value: Any, name: str = "memory_limit") -> int | str:
+    """A memory size: bytes, or a string such as "2GB", "512 MiB"; or "auto"."""
+    from dask.utils import parse_bytes
+
+    if value == "auto":
+        return value
+    try:
+        nbytes = parse_bytes(value)
+    except (ValueError, TypeError, KeyError):
+        nbytes = None
+    if not isinstance(nbytes, int) or nbytes < 2**24:
+        raise ParameterError(
+            f"`{name}` must be a memory size of at least 16 MiB, such as 2GB or 512MiB, "
+            f"or auto; got {value!r}"
+        )
+    return nbytes
 
 
 def parse_rank(

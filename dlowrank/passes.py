@@ -144,6 +144,7 @@ class PassEngine:
     passes: int = field(default=0, init=False)
     restored: int = field(default=0, init=False)
     _distributed: Any = field(default=None, init=False, repr=False)
+    _first_seconds: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._fit_budget_to_workers()
@@ -235,10 +236,55 @@ class PassEngine:
             # A pause after each saved pass, for tests that kill a job between passes.
             time.sleep(float(os.environ.get("DLOWRANK_TEST_PASS_DELAY", "0")))
         seconds = time.perf_counter() - start
+        if self._first_seconds is None:
+            self._first_seconds = seconds
         nbytes = int(np.prod(self.source.shape)) * self.source.dtype.itemsize
         self._emit(PassEvent("done", index, 1, 1, seconds, nbytes))
         logger.info("pass %d (%s) done in %.2f s", index, name, seconds)
         return out
+
+    def _pass_limit(self) -> float | None:
+        """``dlowrank.pass-timeout``; else, on a cluster, after the first pass, the larger
+        of DERIVED_FLOOR seconds and DERIVED_FACTOR times the first pass."""
+        explicit = dask.config.get("dlowrank.pass-timeout", None)
+        if explicit is not None:
+            return float(explicit)
+        if self._first_seconds is None:
+            return None
+        return max(DERIVED_FLOOR, DERIVED_FACTOR * self._first_seconds)
+
+    def _watch(self, client: Any, futures: list, index: int) -> None:
+        """Wait for a pass on a cluster, never forever: the pass limit, and a cluster
+        left without workers for ``dlowrank.no-workers-timeout`` seconds."""
+        from distributed import wait
+
+        from dlowrank.errors import ClusterError
+
+        limit = self._pass_limit()
+        start = time.monotonic()
+        empty_since = None
+        no_workers = float(dask.config.get("dlowrank.no-workers-timeout", None) or 60.0)
+        while True:
+            try:
+                wait(futures, timeout=WATCH_POLL)
+                return
+            except TimeoutError:
+                pass
+            now = time.monotonic()
+            if limit is not None and now - start > limit:
+                client.cancel(futures)
+                raise _timeout_error(index, limit)
+            if _workers(client) == 0:
+                empty_since = empty_since or now
+                if now - empty_since > no_workers:
+                    client.cancel(futures)
+                    raise ClusterError(
+                        f"pass {index}: the cluster has had no workers for {no_workers:g} s; "
+                        "its workers are gone (restart them, then rerun to resume from "
+                        "the checkpoint)"
+                    )
+            else:
+                empty_since = None
 
     @functools.cached_property
     def input_fingerprint(self) -> str | None:
@@ -304,15 +350,7 @@ class PassEngine:
         if client is not None:
             futures = client.compute([total, rows, cols])
             self._emit(PassEvent("start", index, 0, len(leaves)))  # tasks already submitted
-            timeout = dask.config.get("dlowrank.pass-timeout", None)
-            if timeout is not None:  # a job's own limit: never wait forever on a lost cluster
-                from distributed import wait
-
-                try:
-                    wait(futures, timeout=timeout)
-                except TimeoutError:
-                    client.cancel(futures)
-                    raise _timeout_error(index, timeout) from None
+            self._watch(client, futures, index)
             total, rows, cols = client.gather(futures)
         else:
             self._emit(PassEvent("start", index, 0, len(leaves)))
@@ -332,11 +370,25 @@ class PassEngine:
         )
 
 
+#: Without --timeout, a pass on a cluster may take at most this factor times the first
+#: pass, and never less than the floor (seconds).
+DERIVED_FACTOR, DERIVED_FLOOR = 20.0, 600.0
+#: Seconds between looks at the cluster while a pass runs on it.
+WATCH_POLL = 2.0
+
+
 def _timeout_error(index: int, timeout: float) -> PassTimeoutError:
     return PassTimeoutError(
         f"pass {index} did not finish within the pass limit of {timeout:g} s (--timeout); "
         "raise --timeout, or check that the cluster's workers are alive"
     )
+
+
+def _workers(client: Any) -> int:
+    try:
+        return len(client.scheduler_info(n_workers=-1)["workers"])
+    except TypeError:  # a distributed without the n_workers keyword
+        return len(client.scheduler_info()["workers"])
 
 
 class _PieceCounter(Callback):

@@ -21,6 +21,8 @@ from dlowrank.io.checkpoint import Checkpoint, fingerprint
 from dlowrank.io.source import as_source, input_info
 from dlowrank.kernels import exact
 from dlowrank.params import (
+    MAX_OVERSAMPLES,
+    MAX_POWER_ITER,
     parse_choice,
     parse_float,
     parse_int,
@@ -193,8 +195,14 @@ def randomized_svd(
     engine = _engine(a, layout, client, storage_options, progress)
     shape = engine.source.shape
     rank, tol, max_rank = _parse_rank_or_tol(rank, tol, max_rank, shape)
-    q = parse_int(n_power_iter, "n_power_iter", 0)
-    p = parse_int(n_oversamples, "n_oversamples", 0)
+    q = parse_int(
+        n_power_iter,
+        "n_power_iter",
+        0,
+        MAX_POWER_ITER,
+        " (each one is another read of A; past a few, widen the sketch with n_oversamples)",
+    )
+    p = parse_int(n_oversamples, "n_oversamples", 0, MAX_OVERSAMPLES)
     if symmetric and shape[0] != shape[1]:
         raise InputError(f"`symmetric=True` needs a square matrix; got shape {tuple(shape)}")
     seq = parse_seed(seed)

@@ -150,6 +150,8 @@ def test_a_job_without_workers_fails_within_its_timeout_with_exit_4(matrix, tmp_
                 str(file),
                 "--timeout",
                 "20",
+                "--no-workers-timeout",
+                "5",
                 "-q",
             ],
             capture_output=True,
@@ -159,6 +161,8 @@ def test_a_job_without_workers_fails_within_its_timeout_with_exit_4(matrix, tmp_
         assert proc.returncode == 4, proc.stderr
         assert time.time() - start < 30
         assert proc.stderr.startswith("error: storage or cluster failure")
+        assert "no workers joined the scheduler at tcp://127.0.0.1:" in proc.stderr
+        assert "within 5 s" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "r.zarr").exists()
     finally:

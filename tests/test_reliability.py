@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -186,3 +188,75 @@ def test_a_damaged_pass_file_is_discarded_and_recomputed(matrix, tmp_path, damag
     assert "pass 2: restored from the checkpoint" in res.stderr
     expected = dlowrank.randomized_svd(str(matrix), 3, seed=0)
     np.testing.assert_allclose(dlowrank.load(out).s, expected.s, rtol=1e-12)
+
+
+# --- bounded waits and bounded options ----------------------------------------------
+
+
+def test_a_missing_scheduler_file_exits_2_at_once(matrix, tmp_path):
+    res = svd(matrix, tmp_path / "r.zarr", "--scheduler-file", tmp_path / "nope.json")
+    assert res.exit_code == 2 and "scheduler file" in res.stderr and "does not exist" in res.stderr
+
+
+def test_a_tls_address_without_certificates_names_the_flags(matrix, tmp_path):
+    res = svd(matrix, tmp_path / "r.zarr", "--scheduler", "tls://127.0.0.1:9")
+    assert res.exit_code == 2 and "--tls-ca-file, --tls-cert and --tls-key" in res.stderr
+
+
+def test_an_address_that_is_not_a_scheduler_fails_within_the_connect_timeout(matrix, tmp_path):
+    import http.server
+    import threading
+    import time
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    server.daemon_threads = True  # a handler stuck on dask's bytes must not block shutdown
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        start = time.monotonic()
+        # a separate process: the abandoned connection attempt ends with it
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dlowrank",
+                "svd",
+                str(matrix),
+                "--rank",
+                "3",
+                "--out",
+                str(tmp_path / "r.zarr"),
+                "--scheduler",
+                f"tcp://127.0.0.1:{server.server_port}",
+                "--connect-timeout",
+                "2",
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert time.monotonic() - start < 30
+    finally:
+        server.shutdown()
+    assert res.returncode == 4
+    assert "could not connect to a Dask scheduler at tcp://127.0.0.1:" in res.stderr
+    assert "within 2 s" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--n-power-iter", "1000000", "`n_power_iter` must be an integer in [0, 30]"),
+        ("--n-oversamples", "1000000000", "`n_oversamples` must be an integer in [0, 10000]"),
+        ("--timeout", "-1", "`timeout` must be a finite number in (0.0, "),
+        ("--connect-timeout", "0", "`connect_timeout` must be a finite number in (0.0, "),
+        ("--memory-limit", "lots", "`memory_limit` must be a memory size"),
+        ("--workers", "100000", "`workers` must be an integer in [0, 4096]"),
+        ("--verify-input", "md5", "`verify_input`"),
+    ],
+)
+def test_every_numeric_option_is_bounded_and_parsed_cleanly(matrix, tmp_path, flag, value, message):
+    res = svd(matrix, tmp_path / "r.zarr", flag, value, "--dry-run")
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr

@@ -11,13 +11,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import dask
 
-from dlowrank.errors import DlowrankWarning, ParameterError
+from dlowrank.errors import ClusterError, DlowrankWarning, ParameterError
+
+#: Default seconds to wait for a scheduler to answer, and for a first worker.
+CONNECT_TIMEOUT = 30.0
+NO_WORKERS_TIMEOUT = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,16 @@ def connect(
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") if not scheduler_file else None
     from distributed import Client, LocalCluster
 
+    if scheduler_file and not os.path.exists(scheduler_file):
+        raise ParameterError(
+            f"scheduler file {scheduler_file} does not exist; start the scheduler with "
+            "--scheduler-file, or give its address with --scheduler"
+        )
+    if address and address.startswith("tls://") and security is None:
+        raise ParameterError(
+            f"the scheduler {address} speaks TLS: give --tls-ca-file, --tls-cert and "
+            "--tls-key (see cluster/tls)"
+        )
     if address or scheduler_file:
         where = address or scheduler_file
         if address and security is None and not _private(address):
@@ -56,8 +71,9 @@ def connect(
             )
         logger.info("connecting to the Dask scheduler at %s", where)
         kwargs = {"security": security} if security is not None else {}
-        client = Client(address, scheduler_file=scheduler_file, **kwargs)
+        client = _client(Client, address, scheduler_file, kwargs, where)
         try:
+            _wait_for_workers(client, where)
             yield client
         finally:
             client.close()
@@ -84,6 +100,53 @@ def connect(
         Client(cluster, security=security) as client,
     ):
         yield client
+
+
+def _client(Client: Any, address: str | None, scheduler_file: str | None, kwargs: dict, where: str):
+    """Connect within ``dlowrank.connect-timeout`` seconds, or fail naming the address."""
+    limit = float(dask.config.get("dlowrank.connect-timeout", None) or CONNECT_TIMEOUT)
+    outcome: dict = {}
+
+    def attempt() -> None:
+        try:
+            outcome["client"] = Client(
+                address, scheduler_file=scheduler_file, timeout=limit, **kwargs
+            )
+        except BaseException as exc:  # reported below, in the caller's thread
+            outcome["error"] = exc
+
+    # distributed's own timeout does not cover a handshake with a server that accepts
+    # the connection and never answers (an HTTP server): wait in a daemon thread
+    thread = threading.Thread(target=attempt, name="dlowrank-connect", daemon=True)
+    thread.start()
+    thread.join(limit + 5.0)
+    exc = outcome.get("error")
+    if "client" in outcome:
+        return outcome["client"]
+    if exc is not None and not isinstance(
+        exc, (OSError, TimeoutError, MemoryError, ValueError, TypeError)
+    ):
+        raise exc
+    # MemoryError: a server that is not a Dask scheduler answered, and its bytes were
+    # read as a message length
+    detail = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}" if exc else "no answer"
+    raise ClusterError(
+        f"could not connect to a Dask scheduler at {where} within {limit:g} s ({detail}); "
+        "is a Dask scheduler listening there? (--connect-timeout to wait longer)"
+    )
+
+
+def _wait_for_workers(client: Any, where: str) -> None:
+    """At least one worker within ``dlowrank.no-workers-timeout`` seconds."""
+    limit = float(dask.config.get("dlowrank.no-workers-timeout", None) or NO_WORKERS_TIMEOUT)
+    where = getattr(client.scheduler, "address", None) or where
+    try:
+        client.wait_for_workers(1, timeout=limit)
+    except (TimeoutError, OSError) as exc:
+        raise ClusterError(
+            f"no workers joined the scheduler at {where} within {limit:g} s "
+            f"({type(exc).__name__}); start workers, or raise --no-workers-timeout"
+        ) from None
 
 
 def _private(address: str) -> bool:
