@@ -66,3 +66,7 @@ class StorageError(DlowrankError, OSError):
 
 class ClusterError(DlowrankError, OSError):
     """A Dask cluster could not be reached, has no workers, or lost them all."""
+
+
+class OutOfSpaceError(DlowrankError, OSError):
+    """The disk of the output or checkpoint lacks room for what a run would write."""

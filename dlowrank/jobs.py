@@ -22,7 +22,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from dlowrank.errors import ParameterError, ResultError, StoreNotFoundError
+from dlowrank.errors import OutOfSpaceError, ParameterError, ResultError, StoreNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +376,50 @@ def preflight(cfg: JobConfig) -> Plan:
             c.check_owned()  # --restart removes only a checkpoint of dlowrank's
         else:
             restored = c.check()
+    _check_space(cfg, source.shape, ckpt)
     return Plan(source, fp, ckpt, meta, False, restored)
+
+
+def _estimate_bytes(cfg: JobConfig, shape: tuple[int, int]) -> tuple[int, int]:
+    """Rough upper estimates of (result, checkpoint) bytes, float64 throughout."""
+    o = cfg.options
+    m, n = shape
+    k = o.get("rank") or o.get("max_rank") or min(m, n, 512)
+    width = min(k + (o.get("n_oversamples") or 10), min(m, n))
+    if cfg.command in ("svd", "spectrum"):
+        passes = (o.get("passes") or (o.get("n_power_iter") or 0) + 1) + 1
+        return 8 * (m * k + k + k * n), 8 * passes * (m + n) * width
+    passes = min(o.get("max_iter") or 100, 100) + 3
+    return 8 * (m + n) * k, 8 * passes * (m + n) * k
+
+
+def _check_space(cfg: JobConfig, shape: tuple[int, int], ckpt: str | None) -> None:
+    """Free space for the result and the checkpoint, on local disks, before pass 1."""
+    import shutil
+
+    from dlowrank.io.store import is_local
+
+    result, checkpoint = _estimate_bytes(cfg, shape)
+    needs: dict[str, int] = {}
+    for url, nbytes in ((cfg.out, 2 * result), (ckpt, checkpoint)):  # 2: old and new
+        if not url or not is_local(url):
+            continue
+        folder = os.path.abspath(url.removeprefix("file://"))
+        while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        device = os.stat(folder).st_dev
+        needs[folder] = needs.get(folder, 0) + nbytes
+        for other in list(needs):
+            if other != folder and os.stat(other).st_dev == device:
+                needs[folder] += needs.pop(other)
+    for folder, nbytes in needs.items():
+        free = shutil.disk_usage(folder).free
+        if free < nbytes:
+            raise OutOfSpaceError(
+                f"the result and checkpoint need about {nbytes / 1e6:.1f} MB on the disk of "
+                f"{folder}, which has {free / 1e6:.1f} MB free; free some space, or choose "
+                "another --out or --checkpoint"
+            )
 
 
 def run_job(

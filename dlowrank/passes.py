@@ -265,8 +265,11 @@ class PassEngine:
         empty_since = None
         no_workers = float(dask.config.get("dlowrank.no-workers-timeout", None) or 60.0)
         while True:
+            step = WATCH_POLL
+            if limit is not None:
+                step = max(min(step, limit - (time.monotonic() - start)), 1e-3)
             try:
-                wait(futures, timeout=WATCH_POLL)
+                wait(futures, timeout=step)
                 return
             except TimeoutError:
                 pass

@@ -260,3 +260,43 @@ def test_every_numeric_option_is_bounded_and_parsed_cleanly(matrix, tmp_path, fl
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.stderr
+
+
+ANOTHER_USER = r"""
+import sys
+from distributed import Client
+from dlowrank.runtime import connect
+
+if __name__ == "__main__":
+    with connect(workers=1) as client:
+        address = client.scheduler.address
+        assert client.submit(sum, [1, 2]).result() == 3  # its own client works
+        for attempt in (address, address.replace("tls://", "tcp://")):
+            try:  # what another local user can do: connect without the credential
+                other = Client(attempt, timeout=3)
+                print("ADMITTED", attempt, other.submit(sum, [1, 2]).result())
+            except Exception as exc:
+                print("REFUSED", attempt, type(exc).__name__)
+"""
+
+
+def test_the_default_local_cluster_admits_only_its_own_client(tmp_path):
+    script = tmp_path / "another_user.py"
+    script.write_text(ANOTHER_USER)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("REFUSED") == 2 and "ADMITTED" not in proc.stdout, proc.stdout
+    assert "REFUSED tls://127.0.0.1:" in proc.stdout
+
+
+def test_a_run_that_cannot_fit_on_the_disk_fails_before_the_first_pass(tmp_path):
+    # metadata only: 2**36 rows, no chunk stored (allowed: sparse by design), so the
+    # result alone (u of 2**36 x 3 in float64) would need 1.6 TB
+    big = tmp_path / "big.zarr"
+    zarr.create_array(str(big), shape=(2**36, 1000), chunks=(100_000, 1000), dtype="f8")
+    res = svd(big, tmp_path / "r.zarr", "--allow-missing-chunks", "--dry-run")
+    assert res.exit_code == 4
+    assert "need about" in res.stderr and "MB free" in res.stderr
+    assert not list(p for p in tmp_path.iterdir() if p.name != "big.zarr")

@@ -1,6 +1,8 @@
 """Get a Dask client: an address, a scheduler file, DASK_SCHEDULER_ADDRESS, or a LocalCluster.
 
-A LocalCluster that dlowrank starts binds to 127.0.0.1 and has no dashboard (its
+A LocalCluster that dlowrank starts binds to 127.0.0.1, speaks TLS with a temporary
+credential that only this process and its workers hold (so another local user
+cannot submit code to it), and has no dashboard (its
 scheduler's HTTP server, which distributed always starts, listens on a free
 loopback port and answers only the health check), so a batch job opens nothing
 to the network. Knows nothing of the algorithms.
@@ -88,8 +90,9 @@ def connect(
     }
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     logger.info("starting a LocalCluster on 127.0.0.1 (%s)", kwargs)
-    if security is not None:
-        kwargs.update(security=security, protocol="tls://")
+    # TLS with a temporary self-signed credential held only by this process and its
+    # workers: another local user cannot connect and run code as this one
+    kwargs.update(security=security if security is not None else True, protocol="tls://")
     # distributed's scheduler always runs an HTTP server (dashboard_address=None still
     # listens on 8787); bind it to a free loopback port and serve only the health check
     with (
@@ -97,7 +100,7 @@ def connect(
         LocalCluster(
             host="127.0.0.1", dashboard_address="127.0.0.1:0", processes=True, **kwargs
         ) as cluster,
-        Client(cluster, security=security) as client,
+        Client(cluster) as client,
     ):
         yield client
 
