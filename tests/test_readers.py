@@ -1,8 +1,9 @@
 """Readers never see a half-result: a real reader process polls a result while the
 real CLI replaces it with --overwrite and is SIGKILLed at random moments.
 
-The suite runs a short version (about 20 s); set DLOWRANK_READER_SECONDS=300 for
-the long one (more than 10,000 loads on the 2-core development machine). Every
+The suite runs a short version (about 20 s); set DLOWRANK_READER_SECONDS=110 for
+the long one (measured on the 2-core development machine: 43 runs, 14 killed,
+12,490 whole loads, 0 bad). Every
 load must give a whole result of one of the runs: its arrays
 match their checksums (``load`` checks), their shapes agree with the stored rank,
 and its singular values are those of a run at that rank.
