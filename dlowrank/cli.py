@@ -121,11 +121,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
     if issubclass(category, DlowrankWarning):
         click.echo(f"warning: {' '.join(str(message).split())}", err=True)
-    elif level_is_debug():
+    elif _level_is_debug():
         click.echo(warnings.formatwarning(message, category, filename, lineno, line), err=True)
 
 
-def level_is_debug() -> bool:
+def _level_is_debug() -> bool:
     return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
 
 

@@ -70,7 +70,8 @@ RUNTIME = [
         str,
         "listing",
         "How to tell that the input changed: listing (file sizes and times or ETags) "
-        "or checksum (every file's bytes: one extra read).",
+        "or checksum (every file's bytes, hashed at the start and after each pass: "
+        "one extra read of the input per pass).",
     ),
 ]
 INPUT = [

@@ -109,7 +109,7 @@ def fingerprint_listing(files: dict[str, dict]) -> str:
 
 
 def fingerprint_bytes(url: str, storage_options: dict | None, files: dict[str, dict]) -> str:
-    """A digest of every stored file's bytes (``--verify-input checksum``): one extra read."""
+    """A digest of every stored file's bytes (``--verify-input checksum``): a full read."""
     from dlowrank.io.matrix import filesystem
 
     fs, path = filesystem(url, storage_options)
@@ -120,12 +120,16 @@ def fingerprint_bytes(url: str, storage_options: dict | None, files: dict[str, d
     return digest.hexdigest()[:32]
 
 
-def inspect_store(url: str, storage_options: dict | None, meta: dict | None = None) -> str:
-    """List the store once: check its chunks against ``meta`` (when given) and return
-    its fingerprint, by listing or by checksum as ``dlowrank.verify-input`` says."""
+def check_store_chunks(url: str, storage_options: dict | None, meta: dict) -> None:
+    """List the store and check its chunk files against ``meta`` (no fingerprint)."""
     _, files = _listing(url, storage_options)
-    if meta is not None:
-        check_chunks(url, meta, set(files))
+    check_chunks(url, meta, set(files))
+
+
+def inspect_store(url: str, storage_options: dict | None) -> str:
+    """The store's fingerprint, by listing or by checksum as ``dlowrank.verify-input``
+    says (a checksum reads every stored byte: one full read of A)."""
+    _, files = _listing(url, storage_options)
     if dask.config.get("dlowrank.verify-input", "listing") == "checksum":
         return fingerprint_bytes(url, storage_options, files)
     return fingerprint_listing(files)

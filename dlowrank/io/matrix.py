@@ -325,9 +325,9 @@ def open_matrix(url: str | os.PathLike, *, storage_options: dict | None = None) 
     dtype = compute_dtype(_metadata_dtype(meta, where), where)
     check_layout(meta, where)
     check_shape(tuple(meta["shape"]), where)
-    from dlowrank.io.inventory import inspect_store
+    from dlowrank.io.inventory import check_store_chunks
 
-    inspect_store(url, storage_options, meta)  # every chunk the shape implies is stored
+    check_store_chunks(url, storage_options, meta)  # every chunk the shape implies is stored
     kwargs = {"storage_options": storage_options} if storage_options else {}
     arr = zarr.open_array(url, mode="r", **kwargs)
     x = da.from_zarr(arr)

@@ -77,43 +77,38 @@ def is_own_result(url: str | os.PathLike, storage_options: dict | None = None) -
     return bool(marker and marker.get("complete") is True)
 
 
+def _unpublished_entries(url: str, storage_options: dict | None) -> list[str] | None:
+    """The entries of a folder without result metadata whose entries can only be a
+    first publish (version folders, pointer scratch); None for anything else."""
+    fs, path = _fs(url, storage_options)
+    path = path.rstrip("/")
+    try:
+        if not fs.isdir(path) or fs.exists(f"{path}/zarr.json"):
+            return None
+        names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
+    except OSError:
+        return None
+    if not all(n.startswith((VERSION_PREFIX, ".zarr.json.tmp-")) for n in names):
+        return None
+    return names
+
+
 def is_own_partial(url: str | os.PathLike, storage_options: dict | None = None) -> bool:
     """True for a folder holding only version folders of a result (and pointer
     scratch), as a killed first publish leaves it: no pointer yet, every entry
     dlowrank's."""
     url = os.fspath(url)
-    fs, path = _fs(url, storage_options)
-    path = path.rstrip("/")
-    try:
-        if not fs.isdir(path) or fs.exists(f"{path}/zarr.json"):
-            return False
-        names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
-    except OSError:
-        return False
-    versions = [n for n in names if n.startswith(VERSION_PREFIX)]
-    others = [n for n in names if n not in versions and not n.startswith(".zarr.json.tmp-")]
-    return (
-        bool(versions)
-        and not others
-        and all(
-            read_marker(f"{url.rstrip('/')}/{v}", storage_options) is not None for v in versions
-        )
+    names = _unpublished_entries(url, storage_options)
+    versions = [n for n in names or () if n.startswith(VERSION_PREFIX)]
+    return bool(versions) and all(
+        read_marker(f"{url.rstrip('/')}/{v}", storage_options) is not None for v in versions
     )
 
 
 def is_unpublished(url: str | os.PathLike, storage_options: dict | None = None) -> bool:
     """True for a folder with no result metadata yet whose entries can only be a
     first publish in progress: version folders and pointer scratch (or nothing)."""
-    url = os.fspath(url)
-    fs, path = _fs(url, storage_options)
-    path = path.rstrip("/")
-    try:
-        if not fs.isdir(path) or fs.exists(f"{path}/zarr.json"):
-            return False
-        names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
-    except OSError:
-        return False
-    return all(n.startswith((VERSION_PREFIX, ".zarr.json.tmp-")) for n in names)
+    return _unpublished_entries(os.fspath(url), storage_options) is not None
 
 
 def _describe_local(p: Path) -> str:
