@@ -13,16 +13,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-from dlowrank.api import (  # noqa: E402
-    cumulative_energy,
-    exact_eigh,
-    exact_svd,
-    optimal_error,
-    rank_for_energy,
-    spectrum_summary,
-    stable_rank,
-    svt,
-)
+from dlowrank.exact import exact_eigh, exact_svd, svt  # noqa: E402
 from dlowrank.factorization import (  # noqa: E402
     canonicalize,
     contributions,
@@ -34,6 +25,13 @@ from dlowrank.factorization import (  # noqa: E402
 from dlowrank.generate import TestMatrix, generate, make_matrix  # noqa: E402
 from dlowrank.io.matrix import open_matrix  # noqa: E402
 from dlowrank.results import EighResult, FactorizationResult, SVDResult, load  # noqa: E402
+from dlowrank.spectrum import (  # noqa: E402
+    cumulative_energy,
+    optimal_error,
+    rank_for_energy,
+    spectrum_summary,
+    stable_rank,
+)
 from dlowrank.streaming import nystrom, randomized_svd, sketch_svd  # noqa: E402
 
 __all__ = [

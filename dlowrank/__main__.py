@@ -1,4 +1,4 @@
-from dlowrank.cli import main
+from dlowrank.app.cli import main
 
 if __name__ == "__main__":
     main(prog_name="dlowrank")

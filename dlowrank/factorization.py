@@ -13,20 +13,11 @@ from typing import Any
 import numpy as np
 
 from dlowrank.algorithms import factorize as _fz
-from dlowrank.errors import ParameterError
-from dlowrank.io.ratings import RatingsSource
+from dlowrank.engine.runner import ENGINE, SEED, Run
+from dlowrank.errors import InputError, ParameterError
 from dlowrank.kernels import factor
-from dlowrank.params import (
-    MAX_ITER,
-    parse_choice,
-    parse_float,
-    parse_int,
-    parse_rank,
-    parse_seed,
-    seed_record,
-)
+from dlowrank.params import MAX_ITER, Param, Spec, parse_int, parse_rank
 from dlowrank.results import FactorizationResult
-from dlowrank.streaming import _attach_checkpoint, _engine, _input_info
 
 logger = logging.getLogger(__name__)
 
@@ -35,38 +26,114 @@ def _deadline(max_seconds: float | None, start: float):
     """A monitor that stops the iterations once ``max_seconds`` have passed (None: never)."""
     if max_seconds is None:
         return None
-    limit = parse_float(max_seconds, "max_seconds", low=0.0, low_open=True)
-    return lambda u, v: time.perf_counter() - start >= limit
+    return lambda u, v: time.perf_counter() - start >= max_seconds
 
 
-def _finish(engine, st, *, algorithm, params, seq, a, start, dtype) -> FactorizationResult:
-    u, v = (st.v, st.u) if engine.transpose else (st.u, st.v)
-    rel = float(np.sqrt(st.residual2 / st.fro2)) if st.fro2 else 0.0
-    return FactorizationResult(
-        u=u.astype(dtype),
-        v=v.astype(dtype),
-        loss=np.asarray(st.loss),
-        n_iter=st.n_iter,
-        converged=st.converged,
-        rel_error=rel,
-        error_kind="exact",
-        passes=engine.passes,
-        restored_passes=engine.restored,
-        algorithm=algorithm,
-        params=params,
-        seed=seed_record(seq),
-        input=_input_info(engine, a),
-        seconds=time.perf_counter() - start,
+# --- declarations -------------------------------------------------------------------------
+
+RANK = Param("rank", int, None, "Number of factors k, in [1, min(m, n)].")
+WEIGHT_DECAY = Param("weight_decay", float, 0.0, "L2 weight decay alpha on both factors.", low=0.0)
+MAX_SECONDS = Param(
+    "max_seconds",
+    float,
+    None,
+    "Stop after the iteration during which this much wall time has passed.",
+    low=0.0,
+    low_open=True,
+    role="run",
+)
+
+
+def _max_iter(default: int | None) -> Param:
+    return Param(
+        "max_iter", int, default, "Iterations (one pass each) at most.", low=1, high=MAX_ITER
     )
 
 
-def check_nmf_source(source: Any) -> None:
-    """Refuse a ratings group for NMF (the job's --dry-run calls this too)."""
-    if isinstance(source, RatingsSource):
+def _tol(default: float) -> Param:
+    return Param("tol", float, default, "Stop when the objective changes less (relative).", low=0.0)
+
+
+def _check_factorize(v: dict, source: Any) -> dict:
+    k = parse_rank(v["rank"], source.shape, required=True)
+    solver, missing = v["solver"], v["missing"]
+    if source.sparse:  # only the stored ratings are observed
+        missing = "sparse"
+    masked = missing is not None
+    init = v["init"] or ("svd" if solver == "als" and not masked else "random")
+    if init == "svd" and masked:
         raise ParameterError(
-            "nmf needs every entry of its input; a ratings group leaves most of them "
-            "unobserved (use `dlowrank factorize` for ratings, or fill the matrix first)"
+            "`init` = 'svd' needs complete data; use init='random' with missing='nan' "
+            "or a ratings group"
         )
+    max_iter = v["max_iter"] if v["max_iter"] is not None else (100 if solver == "als" else 5000)
+    return {
+        "rank": k,
+        "weight_decay": v["weight_decay"],
+        "solver": solver,
+        "max_iter": max_iter,
+        "tol": v["tol"],
+        "init": init,
+        "missing": missing,
+    }
+
+
+def _check_nmf(v: dict, source: Any) -> dict:
+    if source.sparse:
+        raise InputError(
+            "nmf needs every entry of its input, and `a` is a ratings group (sparse: its "
+            "unstored entries are unobserved); use factorize for ratings, or fill the "
+            "matrix first"
+        )
+    return {
+        "rank": parse_rank(v["rank"], source.shape, required=True),
+        "solver": v["solver"],
+        "init": v["init"],
+        "max_iter": v["max_iter"],
+        "tol": v["tol"],
+        "weight_decay": v["weight_decay"],
+    }
+
+
+FACTORIZE = Spec(
+    "factorize",
+    (
+        RANK,
+        WEIGHT_DECAY,
+        Param(
+            "solver",
+            ("als", "gd"),
+            "als",
+            "als (alternating least squares) or gd (gradient descent).",
+            aliases=("method",),
+        ),
+        _max_iter(None),
+        _tol(1e-6),
+        SEED,
+        Param(
+            "init", (None, "svd", "random"), None, "svd or random (default: svd for complete data)."
+        ),
+        Param("missing", (None, "nan"), None, "nan: NaN entries are missing."),
+        MAX_SECONDS,
+        *ENGINE,
+    ),
+    _check_factorize,
+)
+NMF = Spec(
+    "nmf",
+    (
+        RANK,
+        Param("solver", ("hals", "mu"), "hals", "hals or mu (multiplicative updates)."),
+        Param("init", ("nndsvd", "nndsvda", "random"), "nndsvd", "nndsvd, nndsvda or random."),
+        _max_iter(200),
+        _tol(1e-4),
+        WEIGHT_DECAY,
+        SEED,
+        MAX_SECONDS,
+        *ENGINE,
+    ),
+    _check_nmf,
+)
 
 
 def factorize(
@@ -74,17 +141,20 @@ def factorize(
     rank: int,
     *,
     weight_decay: float = 0.0,
-    method: str = "als",
+    solver: str = "als",
     max_iter: int | None = None,
     tol: float = 1e-6,
-    seed: Any = None,
+    seed: Any = 0,
     init: str | None = None,
     missing: str | None = None,
+    max_seconds: float | None = None,
     client: Any = None,
     storage_options: dict | None = None,
     checkpoint: Any = None,
     progress: Any = None,
-    max_seconds: float | None = None,
+    timeout: float | None = None,
+    memory: Any = None,
+    method: str | None = None,
 ) -> FactorizationResult:
     """Factorize ``a ≈ u @ v.T`` with weight decay, blockwise: one pass per iteration.
 
@@ -96,12 +166,13 @@ def factorize(
 
     Parameters
     ----------
-    a : Zarr URL or path, zarr.Array, dask or NumPy array, shape (m, n)
+    a : Zarr URL or path, ratings group, zarr.Array, dask or NumPy array, shape (m, n)
     rank : int
         k in [1, min(m, n)].
     weight_decay : float, default 0
         α >= 0.
-    method : {"als", "gd"}
+    solver : {"als", "gd"}
+        (Formerly ``method``, still accepted with a DeprecationWarning.)
         "als": alternating ridge solves (U from V, then V from the new U, fused in
         one read of each row panel; with missing entries every row and column
         solves its own system). "gd": gradient descent with Nesterov momentum from
@@ -124,6 +195,11 @@ def factorize(
         (``dlowrank convert --ratings``) is always read sparse: only its stored
         entries are observed, and nothing is densified.
 
+    seed : int, SeedSequence or None, default 0
+        Seed of the random start and of the SVD start's test matrix.
+    client, storage_options, checkpoint, progress, timeout, memory
+        As in :func:`dlowrank.randomized_svd`.
+
     Returns
     -------
     FactorizationResult
@@ -139,64 +215,31 @@ def factorize(
     >>> bool(np.linalg.norm(r.to_dense() - x) <= 1e-4 * np.linalg.norm(x))
     True
     """
-    start = time.perf_counter()
-    engine = _engine(a, "panel", client, storage_options, progress)
-    shape = engine.source.shape
-    k = parse_rank(rank, shape, required=True)
-    alpha = parse_float(weight_decay, "weight_decay", low=0.0)
-    method = parse_choice(method, "method", ("als", "gd"))
-    masked = parse_choice(missing, "missing", (None, "nan")) == "nan"
-    if isinstance(engine.source, RatingsSource):  # only the stored ratings are observed
-        masked, missing = True, "sparse"
-    default_init = "svd" if method == "als" and not masked else "random"
-    init = parse_choice(init or default_init, "init", ("svd", "random"))
-    if init == "svd" and masked:
-        raise ParameterError(
-            "`init` = 'svd' needs complete data; use init='random' with missing='nan'"
-        )
-    max_iter = parse_int(
-        max_iter if max_iter is not None else (100 if method == "als" else 5000),
-        "max_iter",
-        1,
-        MAX_ITER,
-    )
-    tol = parse_float(tol, "tol", low=0.0)
-    seq = parse_seed(seed)
-    params = {
-        "rank": k,
-        "weight_decay": alpha,
-        "method": method,
-        "max_iter": max_iter,
-        "tol": tol,
-        "init": init,
-        "missing": missing,
-    }
-    _attach_checkpoint(engine, checkpoint, "factorize", params, seq)
-    m, n = engine.tall_shape
-    if init == "svd":
-        u, s, vt = _fz.svd_init(engine, k, seq)
+    run = Run(FACTORIZE, **locals())
+    p, engine = run.params, run.engine
+    k, alpha, solver = p["rank"], p["weight_decay"], p["solver"]
+    masked = p["missing"] is not None
+    if p["init"] == "svd":
+        u, s, vt = _fz.svd_init(engine, k, run.seed)
         root = np.sqrt(s)
         st = _fz.State(u * root, vt.T * root)
     else:
-        u, v = _fz.random_init((m, n), k, seq, 1e-2)
-        st = _fz.State(u, v)
-    monitor = _deadline(max_seconds, start)
-    if method == "als":
-        st = _fz.als(engine, st, alpha, masked, max_iter, tol, monitor=monitor)
+        st = _fz.State(*_fz.random_init(engine.tall_shape, k, run.seed, 1e-2))
+    monitor = _deadline(run.values["max_seconds"], run.start)
+    if solver == "als":
+        st = _fz.als(engine, st, alpha, masked, p["max_iter"], p["tol"], monitor=monitor)
     else:
         st = _fz.gradient_descent(
-            engine, st, alpha, masked, max_iter, tol, monitor=monitor, rescale=init == "random"
+            engine,
+            st,
+            alpha,
+            masked,
+            p["max_iter"],
+            p["tol"],
+            monitor=monitor,
+            rescale=p["init"] == "random",
         )
-    return _finish(
-        engine,
-        st,
-        algorithm=f"factorize_{method}",
-        params=params,
-        seq=seq,
-        a=a,
-        start=start,
-        dtype=engine.source.dtype,
-    )
+    return run.factorization(st, algorithm=f"factorize_{solver}")
 
 
 def nmf(
@@ -208,12 +251,14 @@ def nmf(
     max_iter: int = 200,
     tol: float = 1e-4,
     weight_decay: float = 0.0,
-    seed: Any = None,
+    seed: Any = 0,
+    max_seconds: float | None = None,
     client: Any = None,
     storage_options: dict | None = None,
     checkpoint: Any = None,
     progress: Any = None,
-    max_seconds: float | None = None,
+    timeout: float | None = None,
+    memory: Any = None,
 ) -> FactorizationResult:
     """Non-negative factorization ``a ≈ u @ v.T`` with ``u, v >= 0``, blockwise.
 
@@ -237,6 +282,9 @@ def nmf(
     max_iter, tol, weight_decay, seed, max_seconds
         As in :func:`factorize` (tol relative to the objective).
 
+    client, storage_options, checkpoint, progress, timeout, memory
+        As in :func:`dlowrank.randomized_svd`.
+
     Returns
     -------
     FactorizationResult
@@ -251,47 +299,22 @@ def nmf(
     >>> bool(r.u.min() >= 0 and r.v.min() >= 0 and np.all(np.diff(r.loss) <= 1e-9 * r.loss[0]))
     True
     """
-    start = time.perf_counter()
-    engine = _engine(a, "panel", client, storage_options, progress)
-    check_nmf_source(engine.source)
-    shape = engine.source.shape
-    k = parse_rank(rank, shape, required=True)
-    solver = parse_choice(solver, "solver", ("hals", "mu"))
-    init = parse_choice(init, "init", ("nndsvd", "nndsvda", "random"))
-    max_iter = parse_int(max_iter, "max_iter", 1, MAX_ITER)
-    tol = parse_float(tol, "tol", low=0.0)
-    alpha = parse_float(weight_decay, "weight_decay", low=0.0)
-    seq = parse_seed(seed)
-    params = {
-        "rank": k,
-        "solver": solver,
-        "init": init,
-        "max_iter": max_iter,
-        "tol": tol,
-        "weight_decay": alpha,
-    }
-    _attach_checkpoint(engine, checkpoint, "nmf", params, seq)
+    run = Run(NMF, **locals())
+    p, engine = run.params, run.engine
+    k, solver = p["rank"], p["solver"]
     m, n = engine.tall_shape
-    if init == "random":  # uniform in [0, 0.1)
-        rng = np.random.default_rng(seq)
+    if p["init"] == "random":  # uniform in [0, 0.1)
+        rng = np.random.default_rng(run.seed)
         w, h = 0.1 * rng.random((m, k)), 0.1 * rng.random((n, k))
     else:
-        u, s, vt = _fz.svd_init(engine, k, seq)
+        u, s, vt = _fz.svd_init(engine, k, run.seed)
         fill = 0.0
-        if init == "nndsvda" or solver == "mu":
+        if p["init"] == "nndsvda" or solver == "mu":
             fill = float(np.sqrt(np.sum(s**2) / (m * n)) / np.sqrt(k))
         w, h = factor.nndsvd(u, s, vt, fill)
-    st = _fz.nmf(engine, w, h, alpha, solver, max_iter, tol, monitor=_deadline(max_seconds, start))
-    return _finish(
-        engine,
-        st,
-        algorithm=f"nmf_{solver}",
-        params=params,
-        seq=seq,
-        a=a,
-        start=start,
-        dtype=engine.source.dtype,
-    )
+    monitor = _deadline(run.values["max_seconds"], run.start)
+    st = _fz.nmf(engine, w, h, p["weight_decay"], solver, p["max_iter"], p["tol"], monitor=monitor)
+    return run.factorization(st, algorithm=f"nmf_{solver}")
 
 
 def canonicalize(u: Any, v: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -383,5 +406,8 @@ def contributions(result: FactorizationResult, i: int, j: int) -> list[tuple[int
     order = np.argsort(-np.abs(terms), kind="stable")
     return [(int(c), float(terms[c])) for c in order]
 
+
+#: Each public function with its declaration (the job schema, the CLI and a test use it).
+FUNCTIONS = {"factorize": (factorize, FACTORIZE), "nmf": (nmf, NMF)}
 
 __all__ = ["canonicalize", "contributions", "factorize", "nmf", "predict", "rmse"]

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -136,3 +139,133 @@ def seed_record(seq: np.random.SeedSequence) -> int | dict:
     if isinstance(entropy, int) and not seq.spawn_key:
         return entropy
     return {"entropy": entropy, "spawn_key": [int(k) for k in seq.spawn_key]}
+
+
+# --- declarations: each option is declared once, here or beside its function ----------------
+
+#: How a parameter is used. "result": it decides the result (recorded in its provenance and
+#: in a job's identity); "run": how or where the computation runs (a job key and a flag, not
+#: provenance); "api": library callers only (Python objects: a client, a callback).
+ROLES = ("result", "run", "api")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a public function: its name, kind, default, bounds and help.
+
+    The function validates with :meth:`parse`; the job schema and the CLI flags are
+    derived from the same declaration (the flag is ``--`` + the name with dashes).
+    ``kind`` is a type (int, float, bool, str, dict), a tuple of choices, or one of
+    "seed", "sketch_size", "memory", "checkpoint", "object".
+    """
+
+    name: str
+    kind: Any
+    default: Any = None
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    hint: str = ""
+    role: str = "result"
+    path: bool = False  # a local file or folder (relative in a job file: to the job file)
+    aliases: tuple[str, ...] = ()  # deprecated names, still accepted with a warning
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, value: Any) -> Any:
+        """The validated value; None only where the declaration allows it."""
+        kind, name = self.kind, self.name
+        if value is None:
+            if self.default is None or (isinstance(kind, tuple) and None in kind):
+                return None
+            raise ParameterError(f"`{name}` is required; it defaults to {self.default!r}")
+        if isinstance(kind, tuple):
+            return parse_choice(value, name, kind)
+        if kind is int:
+            if self.low is None:  # bounds that need the input (a rank): checked with it
+                return parse_int(value, name, -(2**63), None, self.hint)
+            high = None if self.high is None else int(self.high)
+            return parse_int(value, name, int(self.low), high, self.hint)
+        if kind is float:
+            return parse_float(
+                value,
+                name,
+                low=self.low,
+                high=self.high,
+                low_open=self.low_open,
+                high_open=self.high_open,
+            )
+        if kind in (bool, str, dict) and not (
+            isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        ):
+            raise ParameterError(f"`{name}` must be of type {kind.__name__}; got {value!r}")
+        if kind == "seed":
+            parse_seed(value)
+        elif kind == "sketch_size":
+            parts = value if isinstance(value, (tuple, list)) else [value]
+            if len(parts) not in (1, 2):
+                raise ParameterError(f"`{name}` must be an integer or a pair (k, s); got {value!r}")
+            for part in parts:
+                parse_int(part, name, 1)
+        elif kind == "memory":
+            return parse_memory(value, name)
+        elif kind == "checkpoint" and not (
+            isinstance(value, (str, os.PathLike)) or hasattr(value, "open")
+        ):
+            raise ParameterError(
+                f"`{name}` must be a folder (path or URL) or a Checkpoint; got {value!r}"
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The declaration of one public function: its parameters, and ``check``, the rules
+    that need the input (shape, kind) and turn the parsed values into the parameters the
+    result records: ``check(values, source) -> dict``."""
+
+    name: str
+    params: tuple[Param, ...]
+    check: Any = None
+
+    def __getitem__(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def parse(self, values: dict) -> dict:
+        """Every declared parameter parsed (missing ones take their default); deprecated
+        aliases are accepted with a DeprecationWarning; unknown names are refused."""
+        values = dict(values)
+        for p in self.params:
+            for old in p.aliases:
+                if values.get(old) is None:
+                    values.pop(old, None)
+                    continue
+                if values.get(p.name, p.default) not in (None, p.default):
+                    raise ParameterError(f"give `{p.name}` or its old name `{old}`, not both")
+                warnings.warn(
+                    f"`{old}` is deprecated; use `{p.name}`", DeprecationWarning, stacklevel=4
+                )
+                values[p.name] = values.pop(old)
+        unknown = sorted(set(values) - set(self.names))
+        if unknown:
+            raise ParameterError(
+                f"{self.name} got unknown parameter(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(self.names)}"
+            )
+        return {p.name: p.parse(values.get(p.name, p.default)) for p in self.params}
+
+    def validate(self, values: dict, source: Any) -> dict:
+        """Parse, then the input-dependent rules: the parameters the result will record."""
+        parsed = self.parse(values)
+        return self.check(parsed, source) if self.check is not None else parsed

@@ -1,13 +1,16 @@
-"""Public streaming SVDs: multi-pass randomized SVD and the single-pass sketch.
+"""Public streaming SVDs: multi-pass randomized SVD, the single-pass sketch, Nyström.
 
-Each validates its arguments, builds a pass engine over the input and calls an
-algorithm body in :mod:`dlowrank.algorithms`.
+Each function is a declaration (:class:`dlowrank.params.Spec`: its parameters, and
+the rules that need the input) and a body: a :class:`dlowrank.engine.runner.Run`
+checks everything and builds the engine, an algorithm in :mod:`dlowrank.algorithms`
+makes the passes, and the run makes the result. The job schema and the CLI flags
+derive from the same declarations.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,22 +18,18 @@ import numpy as np
 from dlowrank.algorithms import nystrom as _nystrom
 from dlowrank.algorithms import rsvd as _rsvd
 from dlowrank.algorithms import sketch as _sketch
-from dlowrank.algorithms.common import relative_error
+from dlowrank.algorithms.common import check_symmetric, relative_error
+from dlowrank.engine.runner import ENGINE, LAYOUT, SEED, Run
 from dlowrank.errors import InputError, ParameterError, ToleranceError
-from dlowrank.io.checkpoint import Checkpoint, fingerprint
-from dlowrank.io.source import as_source, input_info
 from dlowrank.kernels import exact
 from dlowrank.params import (
     MAX_OVERSAMPLES,
     MAX_POWER_ITER,
-    parse_choice,
-    parse_float,
+    Param,
+    Spec,
     parse_int,
     parse_rank,
-    parse_seed,
-    seed_record,
 )
-from dlowrank.passes import PassEngine
 from dlowrank.results import EighResult, SVDResult
 
 logger = logging.getLogger(__name__)
@@ -38,74 +37,151 @@ logger = logging.getLogger(__name__)
 #: Default largest rank tried in fixed-precision mode.
 MAX_RANK_DEFAULT = 512
 
+# --- declarations -------------------------------------------------------------------------
 
-def _engine(
-    a: Any, layout: str, client: Any, storage_options: dict | None, progress: Any = None
-) -> PassEngine:
-    layout = parse_choice(layout, "layout", ("auto", "panel", "block"))
-    return PassEngine(
-        as_source(a, storage_options=storage_options),
-        layout=layout,
-        client=client,
-        progress=progress,
-    )
-
-
-def _version() -> str:
-    from dlowrank import __version__
-
-    return __version__
-
-
-def _attach_checkpoint(
-    engine: PassEngine, checkpoint: Any, algorithm: str, params: dict, seed: np.random.SeedSequence
-) -> None:
-    """Resume from (and save to) ``checkpoint``: a URL, a Checkpoint, or None."""
-    if checkpoint is None:
-        return
-    if not isinstance(checkpoint, Checkpoint):
-        meta = {
-            "algorithm": algorithm,
-            "version": _version(),  # passes saved by other code are not mixed in
-            "input_fingerprint": fingerprint(engine.source),
-            "params": params,
-            "seed": seed_record(seed),
-        }
-        checkpoint = Checkpoint(checkpoint, meta)
-    done = checkpoint.open()
-    if done:
-        logger.info("resuming from %s: %d completed pass(es)", checkpoint.url, done)
-    engine.checkpoint = checkpoint
-
-
-def _input_info(engine: PassEngine, a: Any) -> dict:
-    return input_info(engine.source, a)
-
-
-def _orient(engine: PassEngine, u: np.ndarray, s: np.ndarray, vt: np.ndarray, dtype: np.dtype):
-    """Undo the engine's transposition, apply the sign convention, cast to A's dtype."""
-    if engine.transpose:
-        u, vt = vt.T, u.T
-    u, vt = exact.sign_flip(u, vt)
-    return u.astype(dtype), s.astype(dtype), vt.astype(dtype)
+RANK = Param("rank", int, None, "Number of singular triplets, in [1, min(m, n)].")
+N_POWER_ITER = Param(
+    "n_power_iter",
+    int,
+    2,
+    "Power iterations q (q + 1 passes).",
+    low=0,
+    high=MAX_POWER_ITER,
+    hint=" (each one is another read of A; past a few, widen the sketch with n_oversamples)",
+)
+N_OVERSAMPLES = Param(
+    "n_oversamples", int, 10, "Extra sketch columns p.", low=0, high=MAX_OVERSAMPLES
+)
+MAX_ERROR = Param(
+    "max_error",
+    float,
+    None,
+    "Fixed precision: the smallest rank whose relative Frobenius error is at most this, "
+    "in (0, 1) (instead of a rank).",
+    low=0.0,
+    high=1.0,
+    low_open=True,
+    high_open=True,
+    aliases=("tol",),
+)
+MAX_RANK = Param("max_rank", int, None, "Largest rank tried with max_error.")
+SYMMETRIC = Param("symmetric", bool, False, "Symmetric input: eigen-decomposition form.")
+SKETCH_SIZE = Param(
+    "sketch_size",
+    "sketch_size",
+    None,
+    "Single pass: range sketch width k >= rank, or k,s with core size s >= k "
+    "(default k = 4 rank + 1, s = 2k + 1).",
+)
+N_ERROR_SKETCH = Param(
+    "n_error_sketch",
+    int,
+    20,
+    "Single pass: rows d of the independent error sketch.",
+    low=1,
+    high=MAX_OVERSAMPLES,
+)
 
 
-def _parse_rank_or_tol(rank: Any, tol: Any, max_rank: Any, shape: tuple[int, int]):
-    if (rank is None) == (tol is None):
+def _check_rsvd(v: dict, source: Any) -> dict:
+    shape = source.shape
+    rank, max_error, max_rank = v["rank"], v["max_error"], v["max_rank"]
+    if (rank is None) == (max_error is None):
         raise ParameterError(
-            "give exactly one of `rank` (a fixed rank) and `tol` (a relative "
-            f"Frobenius error); got rank={rank!r}, tol={tol!r}"
+            "give exactly one of `rank` (a fixed rank) and `max_error` (a relative "
+            f"Frobenius error); got rank={rank!r}, max_error={max_error!r}"
         )
     if rank is not None:
         if max_rank is not None:
-            raise ParameterError("`max_rank` applies only with `tol`; drop it or pass tol")
-        return parse_rank(rank, shape), None, None
-    tol = parse_float(tol, "tol", low=0.0, high=1.0, low_open=True, high_open=True)
-    high = min(shape)
-    max_rank = (
-        min(high, MAX_RANK_DEFAULT) if max_rank is None else parse_rank(max_rank, shape, "max_rank")
-    )
-    return None, tol, max_rank
+            raise ParameterError(
+                "`max_rank` applies only with `max_error`; drop it or pass max_error"
+            )
+        rank = parse_rank(rank, shape)
+    else:
+        max_rank = (
+            min(min(shape), MAX_RANK_DEFAULT)
+            if max_rank is None
+            else parse_rank(max_rank, shape, "max_rank")
+        )
+    if v["symmetric"] and shape[0] != shape[1]:
+        raise InputError(f"`symmetric=True` needs a square matrix; got shape {tuple(shape)}")
+    return {
+        "rank": rank,
+        "n_power_iter": v["n_power_iter"],
+        "n_oversamples": v["n_oversamples"],
+        "max_error": max_error,
+        "max_rank": max_rank,
+        "symmetric": v["symmetric"],
+    }
+
+
+def _check_sketch(v: dict, source: Any) -> dict:
+    shape = source.shape
+    rank = parse_rank(v["rank"], shape, required=True)
+    cap = min(shape)
+    size = v["sketch_size"]
+    if size is None:
+        k = min(4 * rank + 1, cap)
+        s = min(2 * k + 1, cap)
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        k = parse_int(size[0], "sketch_size[0] (k)", rank, cap)
+        s = parse_int(size[1], "sketch_size[1] (s)", k, cap)
+    else:
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        k = parse_int(size, "sketch_size", rank, cap)
+        s = min(2 * k + 1, cap)
+    return {"rank": rank, "sketch_size": [k, s], "n_error_sketch": v["n_error_sketch"]}
+
+
+def _check_nystrom(v: dict, source: Any) -> dict:
+    shape = source.shape
+    if shape[0] != shape[1]:
+        raise InputError(f"nystrom needs a square matrix; got shape {tuple(shape)}")
+    rank = parse_rank(v["rank"], shape, required=True)
+    k = v["sketch_size"]
+    k = min(2 * rank + 10, shape[0]) if k is None else parse_int(k, "sketch_size", rank, shape[0])
+    return {"rank": rank, "sketch_size": k, "n_error_sketch": v["n_error_sketch"]}
+
+
+RANDOMIZED_SVD = Spec(
+    "randomized_svd",
+    (
+        RANK,
+        N_POWER_ITER,
+        N_OVERSAMPLES,
+        SEED,
+        MAX_ERROR,
+        MAX_RANK,
+        SYMMETRIC,
+        LAYOUT,
+        *ENGINE,
+    ),
+    _check_rsvd,
+)
+SKETCH_SVD = Spec(
+    "sketch_svd",
+    (RANK, SEED, SKETCH_SIZE, N_ERROR_SKETCH, replace(LAYOUT, default="block"), *ENGINE),
+    _check_sketch,
+)
+NYSTROM = Spec(
+    "nystrom",
+    (
+        RANK,
+        SEED,
+        replace(
+            SKETCH_SIZE,
+            kind=int,
+            help="Sketch width k in [rank, n] (default 2 rank + 10).",
+            low=1,
+        ),
+        N_ERROR_SKETCH,
+        replace(LAYOUT, default="block"),
+        *ENGINE,
+    ),
+    _check_nystrom,
+)
+
+# --- public functions ---------------------------------------------------------------------
 
 
 def randomized_svd(
@@ -114,43 +190,51 @@ def randomized_svd(
     *,
     n_power_iter: int = 2,
     n_oversamples: int = 10,
-    seed: Any = None,
-    tol: float | None = None,
+    seed: Any = 0,
+    max_error: float | None = None,
     max_rank: int | None = None,
     symmetric: bool = False,
-    client: Any = None,
     layout: str = "auto",
+    client: Any = None,
     storage_options: dict | None = None,
     checkpoint: Any = None,
     progress: Any = None,
+    timeout: float | None = None,
+    memory: Any = None,
+    tol: float | None = None,
 ) -> SVDResult | EighResult:
     """Randomized SVD with power iterations, in q + 1 passes over ``a``.
 
     Parameters
     ----------
-    a : Zarr URL or path, zarr.Array, dask or NumPy array, shape (m, n)
+    a : Zarr URL or path, ratings group, zarr.Array, dask or NumPy array, shape (m, n)
         Zarr input is read by the pass tasks themselves, chunk by chunk; nothing
-        holds all of ``a``.
+        holds all of ``a``. A ratings group is read sparse (unstored entries are
+        zeros).
     rank : int, optional
-        Number of singular triplets, in [1, min(m, n)]. Give ``rank`` or ``tol``.
+        Number of singular triplets, in [1, min(m, n)]. Give ``rank`` or ``max_error``.
     n_power_iter : int, default 2
         q >= 0 power iterations; each is one pass (A^T A applied per row panel).
     n_oversamples : int, default 10
         Extra sketch columns p >= 0; the sketch width is min(rank + p, min(m, n)).
-    seed : int, SeedSequence or None
+    seed : int, SeedSequence or None, default 0
         The random test matrix depends on the seed and the global column index
         only: the same seed gives the same result for any chunking or scheduler.
-    tol : float, optional
+        None draws fresh entropy (recorded in the result's ``seed``).
+    max_error : float, optional
         Fixed precision: the smallest rank whose exact relative Frobenius error is
-        <= tol, in (0, 1). The sketch widens (doubling, from 64 + p) up to
-        ``max_rank``; each attempt costs q + 1 passes.
+        <= max_error, in (0, 1). The sketch widens (doubling, from 64 + p) up to
+        ``max_rank``; each attempt costs q + 1 passes. (Formerly ``tol``, still
+        accepted with a DeprecationWarning.)
     max_rank : int, optional
-        Largest rank tried with ``tol`` (default min(m, n, 512)).
+        Largest rank tried with ``max_error`` (default min(m, n, 512)).
     symmetric : bool, default False
         ``a`` is symmetric: return an :class:`EighResult` (eigenvalues by
         decreasing magnitude) from the Rayleigh-Ritz projection Q^T A Q.
     client : distributed.Client, optional
         Default: dask's current scheduler (an active distributed client is used).
+    storage_options : dict, optional
+        fsspec options for a Zarr URL (object stores).
     layout : {"auto", "panel", "block"}
         "panel" reads whole row panels (q + 1 passes); "block" reads chunk by chunk
         (2q + 2 passes), chosen automatically when a panel exceeds 1 GiB.
@@ -160,7 +244,15 @@ def randomized_svd(
         passes instead of reading A again (a killed job resumes); a checkpoint of
         another input or other parameters is refused. Not removed on success.
     progress : callable, optional
-        Receives a :class:`dlowrank.passes.PassEvent` as passes start, progress and end.
+        Receives a :class:`dlowrank.engine.passes.PassEvent` as passes start,
+        progress and end.
+    timeout : float, optional
+        Seconds one pass may take before it fails (PassTimeoutError); default on a
+        cluster 20 times the first pass, at least 600 s; none on threads.
+    memory : int or str, optional
+        Memory budget of one task (bytes, or "1GB"): row panels take up to half of
+        it (at most 256 MB); "auto" picks panels only when a chunk row fits it.
+        Default 1 GiB, or a quarter of the smallest worker's memory limit.
 
     Returns
     -------
@@ -191,137 +283,75 @@ def randomized_svd(
     >>> r.passes, bool(np.allclose(r.s, t.singular_values[:5]))
     (3, True)
     """
-    start = time.perf_counter()
-    engine = _engine(a, layout, client, storage_options, progress)
-    shape = engine.source.shape
-    rank, tol, max_rank = _parse_rank_or_tol(rank, tol, max_rank, shape)
-    q = parse_int(
-        n_power_iter,
-        "n_power_iter",
-        0,
-        MAX_POWER_ITER,
-        " (each one is another read of A; past a few, widen the sketch with n_oversamples)",
-    )
-    p = parse_int(n_oversamples, "n_oversamples", 0, MAX_OVERSAMPLES)
-    if symmetric and shape[0] != shape[1]:
-        raise InputError(f"`symmetric=True` needs a square matrix; got shape {tuple(shape)}")
-    seq = parse_seed(seed)
-    _attach_checkpoint(
-        engine,
-        checkpoint,
-        "randomized_svd",
-        {
-            "rank": rank,
-            "tol": tol,
-            "max_rank": max_rank,
-            "n_power_iter": q,
-            "n_oversamples": p,
-            "symmetric": bool(symmetric),
-            "layout": engine.layout,
-        },
-        seq,
-    )
-    if tol is None:
-        factors = _rsvd.range_sketch(engine, min(rank + p, min(shape)), q, seq)
+    run = Run(RANDOMIZED_SVD, **locals())
+    p, engine = run.params, run.engine
+    q, over = p["n_power_iter"], p["n_oversamples"]
+    if p["max_error"] is None:
+        rank = p["rank"]
+        factors = _rsvd.range_sketch(engine, min(rank + over, min(engine.tall_shape)), q, run.seed)
     else:
-        factors, rank = _fixed_precision(engine, tol, max_rank, q, p, seq)
-    params = {
-        "rank": rank,
-        "n_power_iter": q,
-        "n_oversamples": p,
-        "tol": tol,
-        "max_rank": max_rank,
-        "symmetric": bool(symmetric),
-        "layout": engine.layout,
-    }
-    prov = {
-        "passes": engine.passes,
-        "restored_passes": engine.restored,
-        "params": params,
-        "seed": seed_record(seq),
-        "input": _input_info(engine, a),
-        "error_kind": "exact",
-    }
-    if symmetric:
-        return _eigh_result(factors, rank, engine, start, prov)
+        factors, rank = _fixed_precision(engine, p["max_error"], p["max_rank"], q, over, run.seed)
+    if p["symmetric"]:
+        w, v = _rayleigh_ritz(factors, rank, run.dtype)
+        rel = relative_error(factors.fro2, w)
+        return run.eigh(w, v, rel, algorithm="randomized_eigh", params={"rank": rank})
     u, s, vt, rel = _rsvd.truncate(factors, rank)
-    u, s, vt = _orient(engine, u, s, vt, engine.source.dtype)
-    return SVDResult(
-        u=u,
-        s=s,
-        vt=vt,
-        rel_error=rel,
-        algorithm="randomized_svd",
-        seconds=time.perf_counter() - start,
-        **prov,
-    )
+    return run.svd(u, s, vt, rel, params={"rank": rank})
 
 
-def _fixed_precision(engine, tol, max_rank, q, p, seq):
+def _fixed_precision(engine, max_error, max_rank, q, p, seq):
     width = min(max_rank, 64)
     while True:
         factors = _rsvd.range_sketch(engine, min(width + p, min(engine.tall_shape)), q, seq)
-        rank = _rsvd.rank_for_tol(factors, tol)
+        rank = _rsvd.rank_for_tol(factors, max_error)
         if rank is not None and rank <= max_rank:
             return factors, rank
         if width >= max_rank:
             best = _rsvd.truncate(factors, max_rank)[3]
             raise ToleranceError(
-                f"`tol` = {tol:g} is not reached within `max_rank` = {max_rank}: the best "
-                f"relative error was {best:.4g} at rank {max_rank} ({engine.passes} passes); "
-                "raise max_rank or tol"
+                f"`max_error` = {max_error:g} is not reached within `max_rank` = {max_rank}: "
+                f"the best relative error was {best:.4g} at rank {max_rank} "
+                f"({engine.passes} passes); raise max_rank or max_error"
             )
         width = min(2 * width, max_rank)
-        logger.info("tol %g not reached; widening the sketch to %d", tol, width)
+        logger.info("max_error %g not reached; widening the sketch to %d", max_error, width)
 
 
-def _eigh_result(factors, rank, engine, start, prov) -> EighResult:
-    # Rayleigh-Ritz on the sketch's range: with U = Q U_B, T = U^T A U = S V^T U,
-    # from quantities at hand (no pass). ||A - U T U^T||_F^2 = ||A||_F^2 - ||T||_F^2.
+def _rayleigh_ritz(factors, rank: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs from the sketch's range: with U = Q U_B, T = U^T A U = S V^T U, from
+    quantities at hand (no pass). ||A - U T U^T||_F^2 = ||A||_F^2 - ||T||_F^2."""
     basis = factors.u
     t = (factors.s[:, None] * factors.vt) @ basis
-    asym = float(np.linalg.norm(t - t.T) / max(np.linalg.norm(t), np.finfo(float).tiny))
-    dtype = engine.source.dtype
-    if asym > 1e3 * np.finfo(dtype).eps:
-        raise InputError(
-            f"`a` is not symmetric: the relative asymmetry of U^T A U on its sketch "
-            f"is {asym:.3g}; use symmetric=False"
-        )
-    w, v = exact.eigh_by_magnitude((t + t.T) / 2)
-    w, v = w[:rank], basis @ v[:, :rank]
-    v, _ = exact.sign_flip(v)
-    return EighResult(
-        w=w.astype(dtype),
-        v=v.astype(dtype),
-        rel_error=relative_error(factors.fro2, w),
-        algorithm="randomized_eigh",
-        seconds=time.perf_counter() - start,
-        **prov,
-    )
+    t = check_symmetric(t, dtype, "U^T A U on its sketch", "use symmetric=False")
+    w, v = exact.eigh_by_magnitude(t)
+    return w[:rank], basis @ v[:, :rank]
 
 
 def sketch_svd(
     a: Any,
     rank: int,
     *,
-    seed: Any = None,
+    seed: Any = 0,
     sketch_size: Any = None,
     n_error_sketch: int = 20,
-    client: Any = None,
     layout: str = "block",
+    client: Any = None,
     storage_options: dict | None = None,
     checkpoint: Any = None,
     progress: Any = None,
+    timeout: float | None = None,
+    memory: Any = None,
 ) -> SVDResult:
     """Single-pass SVD from three sketches, with an estimated error and its confidence.
 
     Parameters
     ----------
-    a : Zarr URL or path, zarr.Array, dask or NumPy array, shape (m, n)
-        Any 2-D chunking; each chunk is read exactly once.
+    a : Zarr URL or path, ratings group, zarr.Array, dask or NumPy array, shape (m, n)
+        Any 2-D chunking; each chunk is read exactly once. A ratings group is read
+        sparse (unstored entries are zeros).
     rank : int
         In [1, min(m, n)].
-    seed : int, SeedSequence or None
+    seed : int, SeedSequence or None, default 0
         Test matrices depend on the seed and the global index only.
     sketch_size : int or (int, int), optional
         (k, s): range sketch width k >= rank and core sketch size s >= k; default
@@ -332,7 +362,7 @@ def sketch_svd(
     layout : {"block", "panel", "auto"}
         "block" (default): one task per chunk, the least memory, since every
         sketch is a sum of per-chunk terms; "panel" groups chunk rows.
-    checkpoint, progress
+    client, storage_options, checkpoint, progress, timeout, memory
         As in :func:`randomized_svd`.
 
     Returns
@@ -356,70 +386,31 @@ def sketch_svd(
     >>> r.passes, bool(np.allclose(r.s, t.singular_values[:5], rtol=1e-6))
     (1, True)
     """
-    start = time.perf_counter()
-    engine = _engine(a, layout, client, storage_options, progress)
-    shape = engine.source.shape
-    rank = parse_rank(rank, shape, required=True)
-    k, s = _parse_sketch_size(sketch_size, rank, min(shape))
-    d = parse_int(n_error_sketch, "n_error_sketch", 1)
-    seq = parse_seed(seed)
-    _attach_checkpoint(
-        engine,
-        checkpoint,
-        "sketch_svd",
-        {"rank": rank, "sketch_size": [k, s], "n_error_sketch": d, "layout": engine.layout},
-        seq,
-    )
-    f = _sketch.sketch(engine, rank, k, s, d, seq)
-    u, sv, vt = _orient(engine, f.u, f.s, f.vt, engine.source.dtype)
-    params = {
-        "rank": rank,
-        "sketch_size": [k, s],
-        "n_error_sketch": d,
+    run = Run(SKETCH_SVD, **locals())
+    p = run.params
+    k, s = p["sketch_size"]
+    f = _sketch.sketch(run.engine, p["rank"], k, s, p["n_error_sketch"], run.seed)
+    interval = {
         "rel_error_interval": [float(x) for x in f.rel_error_interval],
         "confidence": _sketch.CONFIDENCE,
-        "layout": engine.layout,
     }
-    return SVDResult(
-        u=u,
-        s=sv,
-        vt=vt,
-        rel_error=f.rel_error,
-        error_kind="estimated",
-        passes=engine.passes,
-        restored_passes=engine.restored,
-        algorithm="sketch_svd",
-        params=params,
-        seed=seed_record(seq),
-        input=_input_info(engine, a),
-        seconds=time.perf_counter() - start,
-    )
-
-
-def _parse_sketch_size(sketch_size: Any, rank: int, cap: int) -> tuple[int, int]:
-    if sketch_size is None:
-        k = min(4 * rank + 1, cap)
-        return k, min(2 * k + 1, cap)
-    if isinstance(sketch_size, (tuple, list)) and len(sketch_size) == 2:
-        k = parse_int(sketch_size[0], "sketch_size[0] (k)", rank, cap)
-        s = parse_int(sketch_size[1], "sketch_size[1] (s)", k, cap)
-        return k, s
-    k = parse_int(sketch_size, "sketch_size", rank, cap)
-    return k, min(2 * k + 1, cap)
+    return run.svd(f.u, f.s, f.vt, f.rel_error, error_kind="estimated", params=interval)
 
 
 def nystrom(
     a: Any,
     rank: int,
     *,
-    seed: Any = None,
+    seed: Any = 0,
     sketch_size: int | None = None,
     n_error_sketch: int = 20,
-    client: Any = None,
     layout: str = "block",
+    client: Any = None,
     storage_options: dict | None = None,
     checkpoint: Any = None,
     progress: Any = None,
+    timeout: float | None = None,
+    memory: Any = None,
 ) -> EighResult:
     """Single-pass Nyström eigen-decomposition of a symmetric positive semidefinite matrix.
 
@@ -436,7 +427,7 @@ def nystrom(
         Rows d of the error sketch.
     layout : {"block", "panel", "auto"}
         One task per chunk by default (see :func:`sketch_svd`).
-    checkpoint, progress
+    client, storage_options, checkpoint, progress, timeout, memory
         As in :func:`randomized_svd`.
 
     Returns
@@ -459,47 +450,23 @@ def nystrom(
     >>> r.passes, bool(np.allclose(r.w, t.singular_values[:5]))
     (1, True)
     """
-    start = time.perf_counter()
-    engine = _engine(a, layout, client, storage_options, progress)
-    shape = engine.source.shape
-    if shape[0] != shape[1]:
-        raise InputError(f"nystrom needs a square matrix; got shape {tuple(shape)}")
-    rank = parse_rank(rank, shape, required=True)
-    k = (
-        min(2 * rank + 10, shape[0])
-        if sketch_size is None
-        else parse_int(sketch_size, "sketch_size", rank, shape[0])
+    run = Run(NYSTROM, **locals())
+    p = run.params
+    f = _nystrom.nystrom(
+        run.engine, p["rank"], p["sketch_size"], p["n_error_sketch"], run.seed, run.dtype
     )
-    d = parse_int(n_error_sketch, "n_error_sketch", 1)
-    seq = parse_seed(seed)
-    _attach_checkpoint(
-        engine,
-        checkpoint,
-        "nystrom",
-        {"rank": rank, "sketch_size": k, "n_error_sketch": d, "layout": engine.layout},
-        seq,
-    )
-    dtype = engine.source.dtype
-    f = _nystrom.nystrom(engine, rank, k, d, seq, 1e3 * float(np.finfo(dtype).eps))
-    v, _ = exact.sign_flip(f.v)
-    params = {
-        "rank": rank,
-        "sketch_size": k,
-        "n_error_sketch": d,
+    interval = {
         "rel_error_interval": [float(x) for x in f.rel_error_interval],
         "confidence": _sketch.CONFIDENCE,
-        "layout": engine.layout,
     }
-    return EighResult(
-        w=f.w.astype(dtype),
-        v=v.astype(dtype),
-        rel_error=f.rel_error,
-        error_kind="estimated",
-        passes=engine.passes,
-        restored_passes=engine.restored,
-        algorithm="nystrom",
-        params=params,
-        seed=seed_record(seq),
-        input=_input_info(engine, a),
-        seconds=time.perf_counter() - start,
-    )
+    return run.eigh(f.w, f.v, f.rel_error, error_kind="estimated", params=interval)
+
+
+#: Each public function with its declaration (the job schema, the CLI and a test use it).
+FUNCTIONS = {
+    "randomized_svd": (randomized_svd, RANDOMIZED_SVD),
+    "sketch_svd": (sketch_svd, SKETCH_SVD),
+    "nystrom": (nystrom, NYSTROM),
+}
+
+__all__ = ["nystrom", "randomized_svd", "sketch_svd"]

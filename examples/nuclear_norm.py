@@ -28,7 +28,7 @@ def main() -> None:
     history = []
     for it in steps:
         r = dlowrank.factorize(
-            a, rank, weight_decay=alpha, method="gd", max_iter=it, tol=0.0, seed=0
+            a, rank, weight_decay=alpha, solver="gd", max_iter=it, tol=0.0, seed=0
         )
         history.append(np.linalg.svd(r.to_dense(), compute_uv=False)[:rank])
     oracle = dlowrank.svt(a, alpha).to_dense()

@@ -19,7 +19,7 @@ import numpy as np
 from _common import figure_path, parser, pyplot
 
 import dlowrank
-from dlowrank.bench_factor import ratings_recipe
+from dlowrank.app.bench_factor import ratings_recipe
 from dlowrank.io.ratings import write_ratings
 
 

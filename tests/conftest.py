@@ -55,3 +55,26 @@ def counted_array(path: str) -> tuple[zarr.Array, CountingStore]:
     """Open a stored array through a :class:`CountingStore`."""
     store = CountingStore(zarr.storage.LocalStore(path, read_only=True))
     return zarr.open_array(store=store, mode="r"), store
+
+
+#: Runs the dlowrank CLI with a pause after every completed pass, acting on the pass
+#: events the CLI's progress reporter receives: a window to kill a job between passes.
+_PAUSED_CLI = """
+import sys, time
+from dlowrank.app import cli
+delay = float(sys.argv.pop(1))
+report = cli._Reporter.__call__
+def paused(self, event):
+    report(self, event)
+    if event.stage == "done" and not event.restored:
+        time.sleep(delay)
+cli._Reporter.__call__ = paused
+cli.main(sys.argv[1:], prog_name="dlowrank")
+"""
+
+
+def paused_cli(delay: float, *args: str) -> list[str]:
+    """The command line of a CLI run that pauses ``delay`` seconds after each pass."""
+    import sys
+
+    return [sys.executable, "-c", _PAUSED_CLI, str(delay), *args]

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 import dlowrank
-from dlowrank.bench import optimal_error, run_bench, true_error
-from dlowrank.cli import main
+from dlowrank.app.bench import optimal_error, run_bench, true_error
+from dlowrank.app.cli import main
 
 
 def test_true_error_is_the_residual_norm(tmp_path):
@@ -74,7 +74,7 @@ def test_bench_command_prints_json():
 
 
 def test_factorization_bench_at_tiny_scale():
-    from dlowrank.bench_factor import bench_completion, bench_gd_vs_als
+    from dlowrank.app.bench_factor import bench_completion, bench_gd_vs_als
 
     rows = bench_gd_vs_als(m=400, n=200, say=lambda line: None)
     assert [r["method"] for r in rows] == [
@@ -90,7 +90,7 @@ def test_factorization_bench_at_tiny_scale():
 
 
 def test_throughput_of_one_pass_on_threads_and_a_worker(tmp_path):
-    from dlowrank.bench import bench_throughput
+    from dlowrank.app.bench import bench_throughput
 
     path = str(tmp_path / "a.zarr")
     dlowrank.generate(path, (4000, 300), 20, chunks=(500, 300), seed=0)

@@ -10,7 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 
 import dlowrank
-from dlowrank.cli import main
+from dlowrank.app.cli import main
 
 
 def run(*args):

@@ -21,7 +21,7 @@ import zarr
 from click.testing import CliRunner
 
 import dlowrank
-from dlowrank.cli import main
+from dlowrank.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,7 +225,7 @@ def test_every_flag_a_message_names_exists_on_the_commands_it_is_said_of():
     """A job's output and runtime flags (named by the job layer's, checkpoints' and
     publishing's messages) exist on every job command and on `run`; any other flag
     the library names exists on some command."""
-    from dlowrank.jobs import INPUT, OUTPUT, RUNTIME
+    from dlowrank.app.jobs import INPUT, OUTPUT, RUNTIME
 
     job_level = {o.flag for o in INPUT + OUTPUT + RUNTIME}
     anywhere = set().union(*(_flags(c) for c in main.commands))
@@ -370,7 +370,7 @@ def test_a_closed_stdout_pipe_exits_quietly(place):
 
 
 def test_a_failed_job_keeps_its_checkpoint_and_says_how_to_resume(place):
-    from dlowrank.jobs import JobConfig, run_job
+    from dlowrank.app.jobs import JobConfig, run_job
 
     cfg = JobConfig.from_dict(
         {

@@ -17,8 +17,9 @@ import zarr
 from click.testing import CliRunner
 
 import dlowrank
-from dlowrank.cli import main
-from dlowrank.jobs import COMMANDS, JobConfig, load_job_file
+from dlowrank.app.cli import main
+from dlowrank.app.jobs import COMMANDS, JobConfig, load_job_file
+from tests.conftest import paused_cli
 
 
 def cli(*args, env=None, timeout=300):
@@ -74,10 +75,7 @@ def test_killed_job_resumes_from_its_last_pass_and_matches(matrix, tmp_path):
     reference = dlowrank.randomized_svd(matrix, 6, n_power_iter=4, seed=0)
     out = tmp_path / "r.zarr"
     ckpt = Path(f"{out}.checkpoint")
-    cmd = [
-        sys.executable,
-        "-m",
-        "dlowrank",
+    args = [
         "svd",
         matrix,
         "--out",
@@ -88,14 +86,10 @@ def test_killed_job_resumes_from_its_last_pass_and_matches(matrix, tmp_path):
         "4",
         "--workers",
         "0",
-        "-q",
     ]
-    # a pause after each saved pass gives the test a window to kill the job between passes
+    # a pause after each pass (on its PassEvent) gives a window to kill the job between passes
     proc = subprocess.Popen(
-        cmd,
-        env={**os.environ, "DLOWRANK_TEST_PASS_DELAY": "30"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        paused_cli(30, *args, "-q"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     deadline = time.time() + 120
     while len(list(ckpt.glob("pass-*.npz"))) < 2:
@@ -106,7 +100,7 @@ def test_killed_job_resumes_from_its_last_pass_and_matches(matrix, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # nothing published by the killed job
-    resumed = cli(*cmd[3:-1])
+    resumed = cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert "pass 1: restored from the checkpoint (resumed)" in resumed.stderr
     assert "pass 2: restored from the checkpoint (resumed)" in resumed.stderr
@@ -118,8 +112,8 @@ def test_killed_job_resumes_from_its_last_pass_and_matches(matrix, tmp_path):
 
 
 def test_a_checkpoint_of_other_parameters_is_refused(matrix, tmp_path):
+    from dlowrank.app.jobs import preflight
     from dlowrank.io.checkpoint import Checkpoint
-    from dlowrank.jobs import preflight
 
     ckpt = tmp_path / "ck"
     job3 = JobConfig.from_dict(
@@ -198,7 +192,7 @@ def test_bad_input_exits_2_with_one_line(matrix, tmp_path):
         (["svd", str(tmp_path / "missing.zarr"), "--out", out, "--rank", "2"], "does not exist"),
         (["svd", matrix, "--out", out, "--rank", "0"], r"`rank` must be an integer in \[1, "),
         (["svd", matrix, "--out", out, "--rank", "301"], r"= \[1, 300\]; got 301"),
-        (["svd", matrix, "--out", out], "give exactly one of `rank` and `tol`"),
+        (["svd", matrix, "--out", out], r"give exactly one of `rank` .*and `max_error`"),
     ]
     for args, pattern in cases:
         res = CliRunner().invoke(main, args + ["--workers", "0", "-q"])
@@ -274,7 +268,7 @@ def test_tolerance_not_met_exits_3(matrix, tmp_path):
             matrix,
             "--out",
             str(tmp_path / "r.zarr"),
-            "--tol",
+            "--max-error",
             "1e-6",
             "--max-rank",
             "5",
@@ -339,26 +333,9 @@ def test_default_local_cluster_runs_the_job(matrix, tmp_path):
 def test_overwrite_keeps_the_old_result_readable_until_the_new_one_is_complete(matrix, tmp_path):
     out = tmp_path / "r.zarr"
     dlowrank.randomized_svd(matrix, 3, seed=0).save(out)
-    cmd = [
-        sys.executable,
-        "-m",
-        "dlowrank",
-        "svd",
-        matrix,
-        "--out",
-        str(out),
-        "--rank",
-        "5",
-        "--n-power-iter",
-        "1",
-        "--workers",
-        "0",
-        "--overwrite",
-        "-q",
-    ]
+    args = ["svd", matrix, "--out", str(out), "--rank", "5", "--n-power-iter", "1"]
     proc = subprocess.Popen(
-        cmd,
-        env={**os.environ, "DLOWRANK_TEST_PASS_DELAY": "1"},
+        paused_cli(1, *args, "--workers", "0", "--overwrite", "-q"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -430,7 +407,8 @@ def test_factorize_and_nmf_commands(matrix, tmp_path):
 def test_dry_run_catches_every_invalid_option(matrix, tmp_path):
     out = str(tmp_path / "r.zarr")
     cases = [
-        (["factorize", "--rank", "3", "--method", "sgd"], "`method` must be one of als, gd"),
+        (["factorize", "--rank", "3", "--solver", "sgd"], "`solver` must be one of als, gd"),
+        (["factorize", "--rank", "3", "--method", "gd", "--solver", "x"], "not both"),
         (["factorize", "--rank", "3", "--weight-decay", "-1"], "`weight_decay` must be"),
         (["factorize", "--rank", "3", "--missing", "zero"], "`missing` must be one of"),
         (["nmf", "--rank", "3", "--solver", "x"], "`solver` must be one of hals, mu"),

@@ -68,19 +68,19 @@ def test_exactly_low_rank_input_takes_one_extra_projection_pass(tmp_path):
 
 
 def test_open_matrix_arrays_are_read_by_the_tasks_themselves(stored):
-    from dlowrank.io.source import ZarrSource, as_source
+    from dlowrank.io.source import ZarrSource, open_source
 
-    assert isinstance(as_source(dlowrank.open_matrix(stored)), ZarrSource)
-    assert not isinstance(as_source(dlowrank.open_matrix(stored) * 2), ZarrSource)
+    assert isinstance(open_source(dlowrank.open_matrix(stored)), ZarrSource)
+    assert not isinstance(open_source(dlowrank.open_matrix(stored) * 2), ZarrSource)
 
 
 def test_engine_works_chunk_by_chunk_with_a_warning_when_a_panel_exceeds_the_budget(stored):
+    from dlowrank.engine.passes import PassEngine
     from dlowrank.errors import DlowrankWarning
-    from dlowrank.io.source import as_source
-    from dlowrank.passes import PassEngine
+    from dlowrank.io.source import open_source
 
     with pytest.warns(DlowrankWarning, match="row panel of 100 x 150 needs .* two passes per"):
-        engine = PassEngine(as_source(stored), max_panel_bytes=1000)
+        engine = PassEngine(open_source(stored), memory=1000)
     assert engine.layout == "block"
     assert len(engine.row_ranges) == 6 and len(engine.col_ranges) == 3
-    assert PassEngine(as_source(stored)).layout == "panel"
+    assert PassEngine(open_source(stored)).layout == "panel"

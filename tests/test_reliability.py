@@ -17,9 +17,9 @@ import zarr
 from click.testing import CliRunner
 
 import dlowrank
-from dlowrank.cli import main
+from dlowrank.app.cli import main
+from dlowrank.app.jobs import JobConfig, run_job
 from dlowrank.errors import StorageError
-from dlowrank.jobs import JobConfig, run_job
 
 
 def invoke(*args, env=None):

@@ -1,4 +1,5 @@
-"""Streaming algorithms: sequences of passes (dlowrank.passes) plus small in-memory algebra.
+"""Streaming algorithms: sequences of passes (dlowrank.engine.passes) plus small in-memory algebra.
 
-Bodies here trust their input; the public functions in dlowrank.api validate it.
+Bodies here trust their input; the public functions (dlowrank.streaming,
+dlowrank.factorization) validate it.
 """

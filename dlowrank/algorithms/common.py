@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlowrank.errors import InputError
-from dlowrank.kernels import passkernels
-from dlowrank.passes import PassEngine
+from dlowrank.kernels import exact
 
 
 def orthonormalize(z: np.ndarray) -> np.ndarray:
@@ -15,35 +14,21 @@ def orthonormalize(z: np.ndarray) -> np.ndarray:
     return q
 
 
-def check_finite(engine: PassEngine, fro2: float, name: str = "a") -> None:
-    """``||A||_F^2`` is NaN or inf iff A has a non-finite entry: then find the first one.
-
-    The check costs nothing in the normal case (||A||_F^2 is accumulated anyway);
-    the extra locating pass runs only on the error path.
-    """
-    if np.isfinite(fro2):
-        return
-    found = [p for p in engine.run_pieces(passkernels.nonfinite) if p["count"]]
-    if not found:
-        raise InputError(
-            f"`{name}` is finite but its squared Frobenius norm overflows float64 "
-            "(entries of magnitude 1e154 or more); rescale it first"
-        )
-    count = sum(p["count"] for p in found)
-    i, j = min(p["first"] for p in found)
-    if engine.transpose:
-        i, j = j, i
-    chunks = engine.source.chunks
-    ci = int(np.searchsorted(np.cumsum(chunks[0]), i, side="right"))
-    cj = int(np.searchsorted(np.cumsum(chunks[1]), j, side="right"))
-    raise InputError(
-        f"`{name}` holds {count} NaN or infinite values (the first at row {i}, "
-        f"column {j}, in chunk ({ci}, {cj})); dlowrank needs finite input"
-    )
-
-
 def relative_error(fro2: float, captured: np.ndarray) -> float:
     """sqrt(||A||_F^2 - captured energy) / ||A||_F, clipped at 0 (rounding)."""
     if fro2 <= 0:
         return 0.0
     return float(np.sqrt(max(fro2 - float(np.sum(captured**2)), 0.0) / fro2))
+
+
+def check_symmetric(matrix: np.ndarray, dtype: np.dtype, what: str, fix: str) -> np.ndarray:
+    """``matrix`` symmetrized, after checking that its relative asymmetry is within
+    1000 eps of ``dtype``; else InputError naming ``what`` was measured and the ``fix``."""
+    tol = 1e3 * float(np.finfo(dtype).eps)
+    asym = exact.asymmetry(matrix)
+    if asym > tol:
+        raise InputError(
+            f"`a` is not symmetric: the relative asymmetry of {what} is {asym:.3g} "
+            f"> {tol:.3g}; {fix}"
+        )
+    return (matrix + matrix.T) / 2

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlowrank.algorithms import rsvd as _rsvd
-from dlowrank.algorithms.common import check_finite
+from dlowrank.engine.passes import PassEngine
 from dlowrank.errors import InputError, ParameterError
 from dlowrank.kernels import factor, passkernels, random
-from dlowrank.passes import PassEngine
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +66,10 @@ def random_init(
     return u, v
 
 
+def _unobserved(engine: PassEngine) -> str:
+    return "no stored rating" if engine.source.sparse else "all NaN"
+
+
 def _check_observed(engine: PassEngine, out, masked: bool) -> None:
     if not masked:
         return
@@ -75,14 +78,16 @@ def _check_observed(engine: PassEngine, out, masked: bool) -> None:
         i = empty[0]
         side = "column" if engine.transpose else "row"
         raise InputError(
-            f"{side} {i} of `a` has no observed entry (all NaN); drop it, or factorize without it"
+            f"{side} {i} of `a` has no observed entry ({_unobserved(engine)}); drop it, "
+            "or factorize without it"
         )
     col_obs = out.sums["col_obs"]
     if np.any(col_obs == 0):
         j = int(np.argmin(col_obs))
         side = "row" if engine.transpose else "column"
         raise InputError(
-            f"{side} {j} of `a` has no observed entry (all NaN); drop it, or factorize without it"
+            f"{side} {j} of `a` has no observed entry ({_unobserved(engine)}); drop it, "
+            "or factorize without it"
         )
 
 
@@ -99,10 +104,10 @@ def als(
     n, k = st.v.shape
     for _ in range(max_iter):
         inv_v = factor.ridge_inverse(st.v.T @ st.v, alpha)
-        out = engine.run(passkernels.als_step, st.v, inv_v, alpha, masked, st.fro2 is None)
-        if st.fro2 is None:
-            st.fro2 = float(out.sums["fro2"])
-            check_finite(engine, st.fro2)
+        first = st.n_iter == 0
+        out = engine.run(passkernels.als_step, st.v, inv_v, alpha, masked)
+        st.fro2 = engine.fro2
+        if first:
             _check_observed(engine, out, masked)
         u = np.concatenate(out.rows["u"])
         st.loss.append(0.5 * (st.fro2 + float(out.sums["fit"])) + _penalty(alpha, u, st.v))
@@ -157,11 +162,11 @@ def gradient_descent(
         return u - su * gu, v - sv * gv
 
     for _ in range(max_iter):
-        out = engine.run(passkernels.residual_step, y_u, y_v, masked, st.fro2 is None)
+        first = st.n_iter == 0
+        out = engine.run(passkernels.residual_step, y_u, y_v, masked, first)
         st.n_iter += 1
-        if st.fro2 is None:
-            st.fro2 = float(out.sums["fro2"])
-            check_finite(engine, st.fro2)
+        st.fro2 = engine.fro2
+        if first:
             _check_observed(engine, out, masked)
             if rescale:  # small random factors scaled to A: U V^T at a tenth of A's RMS
                 m, n = engine.tall_shape
@@ -217,10 +222,10 @@ def nmf(
     """Blockwise HALS or multiplicative updates; each iteration is one fused pass."""
     st = State(w, h)
     for _ in range(max_iter):
-        out = engine.run(passkernels.nmf_step, st.u, st.v, alpha, solver, st.fro2 is None)
-        if st.fro2 is None:
-            st.fro2 = float(out.sums["fro2"])
-            check_finite(engine, st.fro2)
+        first = st.n_iter == 0
+        out = engine.run(passkernels.nmf_step, st.u, st.v, alpha, solver)
+        st.fro2 = engine.fro2
+        if first:
             _check_nonnegative(engine, out, name)
         w = np.concatenate(out.rows["w"])
         st.loss.append(0.5 * (st.fro2 + float(out.sums["fit"])) + _penalty(alpha, w, st.v))

@@ -8,7 +8,8 @@ Tall orientation (the engine transposes a wide A). With l = rank + n_oversamples
    orthonormalizes after every product with A or A^T; orthonormalizing after each
    A^T A pair, as here, leaves directions below about sqrt(eps) sigma_1
    unresolved, far below any error the truncation reports.
-3. Final pass: Y_i = A_i X (kept), W = A^T Y and ||A||_F^2 (folded in).
+3. Final pass: Y_i = A_i X (kept), W = A^T Y. ||A||_F^2 comes from the first pass
+   (the engine folds it in).
 4. Y = Q R (Householder). Then B = Q^T A = R^{-T} Y^T A = R^{-T} W^T needs no
    further pass. Its rounding error is about eps * cond(R) * ||A||, so this is
    used only when cond(R) <= eps^{-1/2}; otherwise (a rank-deficient or very
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from dlowrank.algorithms.common import check_finite, orthonormalize, relative_error  # noqa: F401
+from dlowrank.algorithms.common import orthonormalize, relative_error
+from dlowrank.engine.passes import PassEngine
 from dlowrank.kernels import exact, passkernels, random
-from dlowrank.passes import PassEngine
 
 logger = logging.getLogger(__name__)
 
@@ -48,32 +49,19 @@ class Factors:
     fro2: float
 
 
-def _power_iterations(
-    engine: PassEngine, x: np.ndarray, n_power_iter: int
-) -> tuple[np.ndarray, float | None]:
-    fro2 = None
+def _power_iterations(engine: PassEngine, x: np.ndarray, n_power_iter: int) -> np.ndarray:
     for _ in range(n_power_iter):
         if engine.layout == "panel":
-            out = engine.run(passkernels.gram_apply, x, fro2 is None)
-            z = out.sums["z"]
+            z = engine.run(passkernels.gram_apply, x).sums["z"]
         else:  # two passes per iteration: Y = A X, then Z = A^T Y
-            out = engine.run(passkernels.apply_block, x, fro2 is None)
-            y = np.concatenate(out.rows["y"])
+            y = np.concatenate(engine.run(passkernels.apply_block, x).rows["y"])
             z = np.concatenate(engine.run(passkernels.adjoint_block, y).cols["z"])
-        if fro2 is None:
-            fro2 = float(out.sums["fro2"])
-            check_finite(engine, fro2)
         x = orthonormalize(z)
-    return x, fro2
+    return x
 
 
-def _final_panel(
-    engine: PassEngine, x: np.ndarray, fro2: float | None
-) -> tuple[np.ndarray, np.ndarray, float]:
-    out = engine.run(passkernels.range_and_adjoint, x, fro2 is None)
-    if fro2 is None:
-        fro2 = float(out.sums["fro2"])
-        check_finite(engine, fro2)
+def _final_panel(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out = engine.run(passkernels.range_and_adjoint, x)
     y = np.concatenate(out.rows["y"])
     q, r = np.linalg.qr(y)
     cond = np.linalg.cond(r)
@@ -82,19 +70,13 @@ def _final_panel(
     else:
         logger.info("cond(R) = %.3g > %.3g: one more pass computes Q^T A exactly", cond, SAFE_COND)
         b = engine.run(passkernels.project, q).sums["b"]
-    return q, b, fro2
+    return q, b
 
 
-def _final_block(
-    engine: PassEngine, x: np.ndarray, fro2: float | None
-) -> tuple[np.ndarray, np.ndarray, float]:
-    out = engine.run(passkernels.apply_block, x, fro2 is None)
-    if fro2 is None:
-        fro2 = float(out.sums["fro2"])
-        check_finite(engine, fro2)
-    q = orthonormalize(np.concatenate(out.rows["y"]))
+def _final_block(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q = orthonormalize(np.concatenate(engine.run(passkernels.apply_block, x).rows["y"]))
     b = np.concatenate(engine.run(passkernels.adjoint_block, q).cols["z"]).T
-    return q, b, fro2
+    return q, b
 
 
 def range_sketch(
@@ -103,11 +85,11 @@ def range_sketch(
     """Q (m, width) and B = Q^T A in q + 1 passes (q + 2, or 2q + 2 in block layout)."""
     m, n = engine.tall_shape
     omega = random.gaussian_rows(seed.entropy, tuple(seed.spawn_key), KEY_OMEGA, n, width, 0, n)
-    x, fro2 = _power_iterations(engine, orthonormalize(omega), n_power_iter)
+    x = _power_iterations(engine, orthonormalize(omega), n_power_iter)
     final = _final_panel if engine.layout == "panel" else _final_block
-    q, b, fro2 = final(engine, x, fro2)
+    q, b = final(engine, x)
     ub, s, vt = exact.svd(b)
-    return Factors(u=q @ ub, s=s, vt=vt, fro2=fro2)
+    return Factors(u=q @ ub, s=s, vt=vt, fro2=engine.fro2)
 
 
 def truncate(f: Factors, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:

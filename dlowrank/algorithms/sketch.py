@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.stats
 
-from dlowrank.algorithms.common import check_finite, orthonormalize
+from dlowrank.algorithms.common import orthonormalize
+from dlowrank.engine.passes import PassEngine
 from dlowrank.kernels import exact, passkernels, random
-from dlowrank.passes import PassEngine
 
 #: Two-sided confidence of the stated error interval.
 CONFIDENCE = 0.9
@@ -72,8 +72,7 @@ def sketch(
         ]
     )
     out = engine.run(passkernels.three_sketch, key, m, right, k, d)
-    fro2 = float(out.sums["fro2"])
-    check_finite(engine, fro2)
+    fro2 = engine.fro2
     q = orthonormalize(np.concatenate(out.rows["y"]))
     x = np.concatenate(out.cols["x"], axis=1)
     p = orthonormalize(x.T)

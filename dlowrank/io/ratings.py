@@ -33,6 +33,7 @@ class RatingsSource:
     shape: tuple[int, int]
     nnz: int
     storage_options: dict | None = None
+    sparse = True
 
     @property
     def dtype(self) -> np.dtype:

@@ -1,9 +1,18 @@
-"""Where a pass reads A from: its own Zarr chunks, or the blocks of a Dask array.
+"""Sources: where A is read from. One protocol, one opener (:func:`open_source`).
 
-A :class:`ZarrSource` is small and picklable: a pass's task carries it to a
-worker and reads its own rectangle of A there, so only sketches travel between
-workers, never chunks (ARCHITECTURE.md, "only sketches travel"). Any other
-input is a :class:`DaskSource`, whose blocks dask computes and moves as usual.
+A source has ``shape``, ``dtype`` (the compute dtype), ``chunks``, ``sparse`` and
+either ``read(rect)`` (the task reads its own rectangle: a NumPy array, or a SciPy
+CSR matrix for a sparse source) or ``delayed_block(rect)`` (dask computes it).
+
+- :class:`ZarrSource` is small and picklable: a pass's task carries it to a worker
+  and reads its own rectangle of A there, so only sketches travel between workers,
+  never chunks (ARCHITECTURE.md, "only sketches travel").
+- :class:`dlowrank.io.ratings.RatingsSource`: a sparse ratings group, read by row
+  panels without densifying.
+- :class:`DaskSource`: any other input; dask computes and moves its blocks.
+
+Every entry point opens its input with :func:`open_source`; functions that need
+every entry of a dense matrix in memory call :func:`dense` on the source.
 """
 
 from __future__ import annotations
@@ -49,6 +58,22 @@ class ZarrSource:
     url: str | None = None
     storage_options: dict | None = None
     array: Any = field(default=None, repr=False)
+    sparse = False
+
+    def _zarr(self) -> zarr.Array:
+        if self.array is not None:
+            return self.array
+        return _open_cached(
+            self.url,
+            json.dumps(self.storage_options or {}, sort_keys=True),
+            tuple(self.shape),
+            tuple(c[0] for c in self.chunks),
+        )
+
+    def to_dask(self) -> da.Array:
+        """A as a Dask array in the compute dtype."""
+        x = da.from_zarr(self._zarr())
+        return x if x.dtype == self.dtype else x.astype(self.dtype)
 
     def read(self, rect: Rect) -> np.ndarray:
         """``A[r0:r1, c0:c1]`` in the compute dtype, one chunk column at a time.
@@ -58,14 +83,7 @@ class ZarrSource:
         panel, measured); column by column the extra memory is one chunk column.
         """
         r0, r1, c0, c1 = rect
-        arr = self.array
-        if arr is None:
-            arr = _open_cached(
-                self.url,
-                json.dumps(self.storage_options or {}, sort_keys=True),
-                tuple(self.shape),
-                tuple(c[0] for c in self.chunks),
-            )
+        arr = self._zarr()
         out = np.empty((r1 - r0, c1 - c0), dtype=self.dtype)
         edges = np.cumsum((0,) + self.chunks[1])
         for a, b in zip(edges[:-1], edges[1:], strict=True):
@@ -109,6 +127,10 @@ class DaskSource:
     """Any Dask array: a rectangle is assembled from its (chunk-aligned) blocks."""
 
     x: da.Array
+    sparse = False
+
+    def to_dask(self) -> da.Array:
+        return self.x
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -137,10 +159,12 @@ class DaskSource:
         return dask.delayed(np.block)(grid)
 
 
-def as_source(
-    a: Any, *, name: str = "a", storage_options: dict | None = None
-) -> ZarrSource | DaskSource:
-    """Validate ``a`` and choose how passes read it (self-reading whenever it is Zarr)."""
+def open_source(a: Any, *, name: str = "a", storage_options: dict | None = None) -> Any:
+    """Validate ``a`` and choose how passes read it (self-reading whenever it is Zarr):
+    a URL or path (a Zarr array or a ratings group), a zarr.Array, a Dask or NumPy
+    array, or a source already opened."""
+    if hasattr(a, "read") and hasattr(a, "chunks") and hasattr(a, "sparse"):
+        return a
     if isinstance(a, (str, os.PathLike)):
         from dlowrank.io.ratings import open_ratings
 
@@ -156,6 +180,19 @@ def as_source(
         url, options = origin
         return ZarrSource(x.shape, x.dtype, x.chunks, url=url, storage_options=options)
     return DaskSource(x)
+
+
+def dense(source: Any, what: str, name: str = "a") -> da.Array:
+    """The source as a dense Dask array, for functions that need every entry; a sparse
+    ratings group is refused with what to use instead."""
+    if source.sparse:
+        raise InputError(
+            f"{what} needs a dense matrix, and `{name}` is a ratings group (sparse: its "
+            "unstored entries are unobserved, not zeros). Use factorize for ratings "
+            "(only stored entries count), or randomized_svd / sketch_svd, which read it "
+            "sparse with unstored entries as zeros"
+        )
+    return source.to_dask()
 
 
 def describe(a: Any) -> str | None:

@@ -8,6 +8,8 @@ per column range. Sketches are accumulated in float64 whatever A's dtype.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse
 
@@ -16,59 +18,85 @@ from dlowrank.kernels import factor, random
 _EMPTY: dict = {}
 
 
-def _f64(block: np.ndarray) -> np.ndarray:
+def _f64(block: Any) -> Any:
+    """``block`` in float64: a NumPy array, or a CSR matrix for a sparse block."""
+    if scipy.sparse.issparse(block):
+        block = scipy.sparse.csr_matrix(block)
     return block if block.dtype == np.float64 else block.astype(np.float64)
+
+
+def _left(m: np.ndarray, a: Any) -> np.ndarray:
+    """``m @ a`` as a NumPy array, for a dense or sparse ``a`` (computed as (a^T m^T)^T)."""
+    return np.asarray(a.T @ m.T).T
 
 
 def fro2(block: np.ndarray) -> np.ndarray:
     """||block||_F^2 in float64 (NaN or inf if the block has a non-finite entry)."""
     flat = block.ravel()
-    with np.errstate(over="ignore"):  # an overflow is reported by the caller (check_finite)
+    with np.errstate(over="ignore"):  # an overflow is reported by the engine
         return np.asarray(flat @ flat)
 
 
-def nonfinite(block, rows, cols) -> dict:
-    """Count and first (row, column) of the non-finite entries of one piece (error path)."""
-    bad = ~np.isfinite(block)
-    count = int(bad.sum())
-    first = tuple(int(v) for v in np.argwhere(bad)[0] + (rows[0], cols[0])) if count else None
+def block_fro2(block: Any, missing: bool = False) -> np.ndarray:
+    """||block||_F^2 of a dense or sparse block; with ``missing``, NaN entries are
+    missing values and left out (an infinite entry still makes it infinite)."""
+    values = block.data if scipy.sparse.issparse(block) else block
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if missing:
+        values = values[~np.isnan(values)]
+    return fro2(values)
+
+
+def nonfinite(block, rows, cols, missing=False) -> dict:
+    """Count and first (row, column) of the non-finite entries of one piece (error path);
+    with ``missing``, NaN entries are missing values and only infinities count."""
+    if scipy.sparse.issparse(block):
+        block = scipy.sparse.coo_matrix(block)
+        bad = ~np.isfinite(block.data) & ~(missing & np.isnan(block.data))
+        where = np.stack([block.row[bad], block.col[bad]], axis=1)
+    else:
+        bad = np.isinf(block) if missing else ~np.isfinite(block)
+        where = np.argwhere(bad)
+    count = len(where)
+    first = None
+    if count:
+        i, j = min((int(r), int(c)) for r, c in where)
+        first = (i + rows[0], j + cols[0])
     return {"count": count, "first": first}
 
 
-def gram_apply(block, rows, cols, x, with_fro2) -> dict:
+def gram_apply(block, rows, cols, x) -> dict:
     """Panel kernel of a power iteration: Z += A_i^T (A_i X), one read (HMT §4.5)."""
     a = _f64(block)
-    out = {"z": a.T @ (a @ x)}
-    if with_fro2:
-        out["fro2"] = fro2(a)
-    return {"sums": out, "rows": _EMPTY, "cols": _EMPTY}
+    return {"sums": {"z": np.asarray(a.T @ (a @ x))}, "rows": _EMPTY, "cols": _EMPTY}
 
 
-def range_and_adjoint(block, rows, cols, x, with_fro2) -> dict:
-    """Final panel kernel: Y_i = A_i X (kept), W += A_i^T Y_i, ||A||_F^2 if asked."""
+def range_and_adjoint(block, rows, cols, x) -> dict:
+    """Final panel kernel: Y_i = A_i X (kept), W += A_i^T Y_i."""
     a = _f64(block)
-    y = a @ x
-    sums = {"w": a.T @ y}
-    if with_fro2:
-        sums["fro2"] = fro2(a)
-    return {"sums": sums, "rows": {"y": y}, "cols": _EMPTY}
+    y = np.asarray(a @ x)
+    return {"sums": {"w": np.asarray(a.T @ y)}, "rows": {"y": y}, "cols": _EMPTY}
 
 
 def project(block, rows, cols, q) -> dict:
     """B += Q_i^T A_i: the explicit projection, when W = A^T Y cannot be used safely."""
-    return {"sums": {"b": q[rows[0] : rows[1]].T @ _f64(block)}, "rows": _EMPTY, "cols": _EMPTY}
+    return {
+        "sums": {"b": _left(q[rows[0] : rows[1]].T, _f64(block))},
+        "rows": _EMPTY,
+        "cols": _EMPTY,
+    }
 
 
-def apply_block(block, rows, cols, x, with_fro2) -> dict:
+def apply_block(block, rows, cols, x) -> dict:
     """Block kernel: Y_i += A_ij X_j (per row range)."""
-    a = _f64(block)
-    sums = {"fro2": fro2(a)} if with_fro2 else {}
-    return {"sums": sums, "rows": {"y": a @ x[cols[0] : cols[1]]}, "cols": _EMPTY}
+    y = np.asarray(_f64(block) @ x[cols[0] : cols[1]])
+    return {"sums": {}, "rows": {"y": y}, "cols": _EMPTY}
 
 
 def adjoint_block(block, rows, cols, y) -> dict:
     """Block kernel: Z_j += A_ij^T Y_i (per column range)."""
-    return {"sums": {}, "rows": _EMPTY, "cols": {"z": _f64(block).T @ y[rows[0] : rows[1]]}}
+    z = np.asarray(_f64(block).T @ y[rows[0] : rows[1]])
+    return {"sums": {}, "rows": _EMPTY, "cols": {"z": z}}
 
 
 # --- single-pass sketch (Tropp, Yurtsever, Udell, Cevher 2019) -----------------------
@@ -82,8 +110,8 @@ def _test_rows(seed: tuple, key: int, n_rows: int, width: int, span: tuple[int, 
 
 
 def three_sketch(block, rows, cols, seed, m, right, k, d) -> dict:
-    """One chunk's share of the sketches Y = A Omega, X = Upsilon A, Z = Phi A Psi^T,
-    the error sketch E = Theta A, and ||A||_F^2.
+    """One chunk's share of the sketches Y = A Omega, X = Upsilon A, Z = Phi A Psi^T
+    and the error sketch E = Theta A.
 
     ``right`` = [Omega | Psi^T] (n, k + s) is shared by all tasks; the m-sized test
     matrices Upsilon, Phi, Theta are generated here from the seed and the chunk's
@@ -94,9 +122,9 @@ def three_sketch(block, rows, cols, seed, m, right, k, d) -> dict:
     s = right.shape[1] - k
     left = _test_rows(seed, KEY_UPSILON, m, k + d, rows)  # [Upsilon^T | Theta^T] rows
     phi = _test_rows(seed, KEY_PHI, m, s, rows)
-    ar = a @ right[cols[0] : cols[1]]  # one GEMM for Y and A Psi^T
-    la = left.T @ a  # one GEMM for X and E
-    sums = {"z": phi.T @ ar[:, k:], "fro2": fro2(a)}
+    ar = np.asarray(a @ right[cols[0] : cols[1]])  # one GEMM for Y and A Psi^T
+    la = _left(left.T, a)  # one GEMM for X and E
+    sums = {"z": phi.T @ ar[:, k:]}
     out_cols = {"x": la[:k]}
     if d:
         out_cols["e"] = la[k:]
@@ -104,16 +132,18 @@ def three_sketch(block, rows, cols, seed, m, right, k, d) -> dict:
 
 
 def nystrom_sketch(block, rows, cols, seed, n, k, d) -> dict:
-    """One chunk's share of Y = A Omega (n, k), the error sketch Theta A, and ||A||_F^2."""
+    """One chunk's share of Y = A Omega (n, k) and the error sketch Theta A."""
     a = _f64(block)
     omega = _test_rows(seed, KEY_OMEGA, n, k, cols)
     theta = _test_rows(seed, KEY_THETA, n, d, rows)
-    return {"sums": {"fro2": fro2(a)}, "rows": {"y": a @ omega}, "cols": {"e": theta.T @ a}}
+    return {"sums": {}, "rows": {"y": np.asarray(a @ omega)}, "cols": {"e": _left(theta.T, a)}}
 
 
 def residual(block, rows, cols, u, s, vt) -> dict:
     """||A_i - U_i S V^T||_F^2 for the row panel (exact: no cancellation) and ||A_i||_F^2."""
     a = _f64(block)
+    if scipy.sparse.issparse(a):
+        a = a.toarray()
     r = a - (u[rows[0] : rows[1]] * s) @ vt[:, cols[0] : cols[1]]
     return {"sums": {"res2": fro2(r), "fro2": fro2(a)}, "rows": _EMPTY, "cols": _EMPTY}
 
@@ -138,7 +168,7 @@ def _sparse_parts(block):
     return s, ind, rowidx
 
 
-def _als_sparse(s, rows, v, alpha, with_fro2) -> dict:
+def _als_sparse(s, rows, v, alpha) -> dict:
     """als_step for a sparse panel: only the stored entries are observed."""
     s, ind, rowidx = _sparse_parts(s)
     k = v.shape[1]
@@ -152,8 +182,6 @@ def _als_sparse(s, rows, v, alpha, with_fro2) -> dict:
         "fit": np.asarray(np.sum(res * res) - np.sum(s.data * s.data)),
         "col_obs": np.asarray(ind.sum(axis=0)).ravel(),
     }
-    if with_fro2:
-        sums["fro2"] = np.asarray(np.sum(s.data * s.data))
     empty = np.nonzero(np.diff(s.indptr) == 0)[0]
     return {
         "sums": sums,
@@ -162,22 +190,21 @@ def _als_sparse(s, rows, v, alpha, with_fro2) -> dict:
     }
 
 
-def _residual_sparse(s, rows, u, v, with_fro2) -> dict:
+def _residual_sparse(s, rows, u, v, first) -> dict:
     s, _, rowidx = _sparse_parts(s)
     ui = u[rows[0] : rows[1]]
     r = s.copy()
     r.data = np.einsum("tk,tk->t", ui[rowidx], v[s.indices]) - s.data
     sums = {"rtu": np.asarray(r.T @ ui), "res2": np.asarray(np.sum(r.data * r.data))}
     rows_out = {"rv": np.asarray(r @ v)}
-    if with_fro2:
-        sums["fro2"] = np.asarray(np.sum(s.data * s.data))
+    if first:
         sums["col_obs"] = np.bincount(s.indices, minlength=s.shape[1]).astype(np.float64)
         empty = np.nonzero(np.diff(s.indptr) == 0)[0]
         rows_out["empty_row"] = np.asarray(empty[0] + rows[0] if empty.size else -1)
     return {"sums": sums, "rows": rows_out, "cols": _EMPTY}
 
 
-def als_step(block, rows, cols, v, inv_v, alpha, masked, with_fro2) -> dict:
+def als_step(block, rows, cols, v, inv_v, alpha, masked) -> dict:
     """Fused ALS iteration on a row panel: U_i from V (ridge), then the V-side sums.
 
     Dense: U_i = A_i V (V^T V + alpha I)^{-1}; sums A_i^T U_i, U_i^T U_i. Masked
@@ -187,7 +214,7 @@ def als_step(block, rows, cols, v, inv_v, alpha, masked, with_fro2) -> dict:
     panel (ratings) is masked by its stored entries.
     """
     if scipy.sparse.issparse(block):
-        return _als_sparse(block, rows, v, alpha, with_fro2)
+        return _als_sparse(block, rows, v, alpha)
     a, mask = _observed(block, masked)
     av = a @ v
     k = v.shape[1]
@@ -206,8 +233,6 @@ def als_step(block, rows, cols, v, inv_v, alpha, masked, with_fro2) -> dict:
             "fit": np.asarray(np.sum(r * r) - np.sum(a * a)),
             "col_obs": mask.sum(axis=0),
         }
-    if with_fro2:
-        sums["fro2"] = fro2(a)
     rows_out = {"u": u}
     if mask is not None:  # the first row without any observation, or -1
         empty = np.nonzero(mask.sum(axis=1) == 0)[0]
@@ -215,10 +240,10 @@ def als_step(block, rows, cols, v, inv_v, alpha, masked, with_fro2) -> dict:
     return {"sums": sums, "rows": rows_out, "cols": _EMPTY}
 
 
-def residual_step(block, rows, cols, u, v, masked, with_fro2) -> dict:
+def residual_step(block, rows, cols, u, v, masked, first) -> dict:
     """Gradient terms at (U, V): R_i = m * (U_i V^T - A_i); rows R_i V, sums R_i^T U_i, ||R||^2."""
     if scipy.sparse.issparse(block):
-        return _residual_sparse(block, rows, u, v, with_fro2)
+        return _residual_sparse(block, rows, u, v, first)
     a, mask = _observed(block, masked)
     ui = u[rows[0] : rows[1]]
     r = ui @ v.T - a
@@ -226,16 +251,14 @@ def residual_step(block, rows, cols, u, v, masked, with_fro2) -> dict:
         r *= mask
     sums = {"rtu": r.T @ ui, "res2": fro2(r)}
     rows_out = {"rv": r @ v}
-    if with_fro2:
-        sums["fro2"] = fro2(a)
-        if mask is not None:  # unobserved rows and columns are refused after the first pass
-            sums["col_obs"] = mask.sum(axis=0)
-            empty = np.nonzero(mask.sum(axis=1) == 0)[0]
-            rows_out["empty_row"] = np.asarray(empty[0] + rows[0] if empty.size else -1)
+    if first and mask is not None:  # unobserved rows and columns are refused after pass 1
+        sums["col_obs"] = mask.sum(axis=0)
+        empty = np.nonzero(mask.sum(axis=1) == 0)[0]
+        rows_out["empty_row"] = np.asarray(empty[0] + rows[0] if empty.size else -1)
     return {"sums": sums, "rows": rows_out, "cols": _EMPTY}
 
 
-def nmf_step(block, rows, cols, w, h, alpha, solver, with_fro2) -> dict:
+def nmf_step(block, rows, cols, w, h, alpha, solver) -> dict:
     """Fused NMF iteration on a row panel: update W_i (HALS or MU) from H, then the
     H-side sums A_i^T W_i, W_i^T W_i, with the loss terms of (W_i, H) and the
     smallest entry of the panel (negative input is refused after the first pass)."""
@@ -251,8 +274,6 @@ def nmf_step(block, rows, cols, w, h, alpha, solver, with_fro2) -> dict:
     fit = -2 * np.sum(wi * ah) + np.sum((wi.T @ wi) * hth)
     low = np.unravel_index(np.argmin(a), a.shape)
     sums = {"atw": a.T @ wi, "wtw": wi.T @ wi, "fit": np.asarray(fit)}
-    if with_fro2:
-        sums["fro2"] = fro2(a)
     return {
         "sums": sums,
         "rows": {"w": wi, "low": np.array([a[low], low[0] + rows[0], low[1] + cols[0]])},

@@ -18,18 +18,18 @@ def decaying():
     return dlowrank.make_matrix((300, 80), 10, seed=0).array.compute()
 
 
-@pytest.mark.parametrize("method", ["als", "gd"])
+@pytest.mark.parametrize("solver", ["als", "gd"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_weight_decay_reaches_the_soft_thresholded_svd(decaying, method, dtype):
+def test_weight_decay_reaches_the_soft_thresholded_svd(decaying, solver, dtype):
     a = decaying.astype(dtype)
     oracle = dlowrank.svt(decaying, 0.5)
     x = oracle.to_dense()
     # tol 1e-10: the optimum to 1e-4 in the factors needs a tighter stop than the
     # default 1e-8 (the objective is quadratic near its minimum)
-    r = dlowrank.factorize(a, 8, weight_decay=0.5, method=method, seed=0, tol=1e-10)
+    r = dlowrank.factorize(a, 8, weight_decay=0.5, solver=solver, seed=0, tol=1e-10)
     assert r.u.dtype == r.v.dtype == dtype and r.u.shape == (300, 8) and r.v.shape == (80, 8)
     # SVD init: 2 passes, plus the explicit projection pass on this exactly low-rank A
-    assert r.converged and r.passes - r.n_iter == (3 if method == "als" else 0)
+    assert r.converged and r.passes - r.n_iter == (3 if solver == "als" else 0)
     assert np.linalg.norm(r.to_dense() - x) <= 1e-4 * np.linalg.norm(x)
     nuclear = np.linalg.svd(r.to_dense().astype(np.float64), compute_uv=False).sum()
     assert nuclear == pytest.approx(oracle.s.sum(), rel=1e-4)
@@ -80,7 +80,7 @@ def test_missing_entries_recover_a_low_rank_matrix_from_30_percent(tmp_path):
         np.sqrt(np.mean((r.to_dense()[held_out] - clean[held_out]) ** 2))
     )
     g = dlowrank.factorize(
-        a, 5, weight_decay=1.0, missing="nan", method="gd", seed=0, max_iter=3000, tol=1e-12
+        a, 5, weight_decay=1.0, missing="nan", solver="gd", seed=0, max_iter=3000, tol=1e-12
     )
     assert g.loss[-1] == pytest.approx(r.loss[-1], rel=1e-4)  # same optimum by either method
     path = tmp_path / "f.zarr"
@@ -141,8 +141,8 @@ def test_bad_input_is_refused_with_clear_messages():
         ParameterError, match=r"`weight_decay` must be a finite number in \[0.0, inf; got -1"
     ):
         dlowrank.factorize(a, 3, weight_decay=-1.0)
-    with pytest.raises(ParameterError, match="`method` must be one of als, gd"):
-        dlowrank.factorize(a, 3, method="sgd")
+    with pytest.raises(ParameterError, match="`solver` must be one of als, gd"):
+        dlowrank.factorize(a, 3, solver="sgd")
     with pytest.raises(ParameterError, match="init='random' with missing='nan'"):
         dlowrank.factorize(a, 3, missing="nan", init="svd")
     with pytest.raises(InputError, match="NaN or infinite"):
@@ -153,7 +153,7 @@ def test_bad_input_is_refused_with_clear_messages():
 def test_gradient_descent_does_not_depend_on_the_units_of_a(scale):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((200, 3)) @ rng.standard_normal((3, 50))
-    r = dlowrank.factorize(a * scale, 3, method="gd", max_iter=2000, seed=0)
+    r = dlowrank.factorize(a * scale, 3, solver="gd", max_iter=2000, seed=0)
     assert r.converged and r.rel_error < 1e-6
 
 
@@ -161,6 +161,6 @@ def test_gradient_descent_refuses_unobserved_rows_and_canonicalize_checks_k():
     a = np.random.default_rng(0).standard_normal((30, 10))
     a[12] = np.nan
     with pytest.raises(InputError, match="row 12 of `a` has no observed entry"):
-        dlowrank.factorize(a, 3, method="gd", missing="nan", seed=0)
+        dlowrank.factorize(a, 3, solver="gd", missing="nan", seed=0)
     with pytest.raises(ParameterError, match="canonicalize needs k <= min"):
         dlowrank.canonicalize(np.ones((5, 6)), np.ones((8, 6)))

@@ -119,7 +119,7 @@ def test_fixed_precision_returns_the_smallest_rank_meeting_tol():
     t = _matrix((400, 200), noise=0.0, rank=100, decay=0.8)
     s = t.singular_values
     for tol in (1e-1, 1e-2, 1e-3):
-        r = dlowrank.randomized_svd(t.array, tol=tol, seed=0)
+        r = dlowrank.randomized_svd(t.array, max_error=tol, seed=0)
         assert r.rel_error <= tol
         expected = next(
             k for k in range(1, 101) if dlowrank.optimal_error(s, k).rel_frobenius <= tol
@@ -132,10 +132,10 @@ def test_fixed_precision_unreachable_reports_the_best_error():
     t = _matrix((300, 100), kind="flat", rank=100, noise=0.0)
     with pytest.raises(
         ToleranceError,
-        match=r"`tol` = 0.01 is not reached within `max_rank` = 20: "
+        match=r"`max_error` = 0.01 is not reached within `max_rank` = 20: "
         r"the best relative error was 0.89\d* at rank 20",
     ):
-        dlowrank.randomized_svd(t.array, tol=0.01, max_rank=20, seed=0)
+        dlowrank.randomized_svd(t.array, max_error=0.01, max_rank=20, seed=0)
 
 
 def test_symmetric_gives_the_eigen_decomposition():
@@ -180,11 +180,11 @@ def test_nonfinite_input_is_reported_with_its_location():
         ({"rank": 41}, r"= \[1, 40\]; got 41"),
         ({"rank": 3, "n_oversamples": -1}, r"`n_oversamples` must be .*in \[0, 10000\]; got -1"),
         ({"rank": 3, "n_power_iter": 1.5}, r"`n_power_iter` must be .*in \[0, 30\]; got 1.5"),
-        ({"tol": 0.0}, r"`tol` must be a finite number in \(0.0, 1.0\); got 0.0"),
-        ({"tol": 1.0}, r"`tol` must be a finite number in \(0.0, 1.0\); got 1.0"),
-        ({"rank": 3, "tol": 0.1}, "give exactly one of `rank`.*got rank=3, tol=0.1"),
-        ({}, "give exactly one of `rank`.*got rank=None, tol=None"),
-        ({"rank": 3, "max_rank": 5}, "`max_rank` applies only with `tol`"),
+        ({"max_error": 0.0}, r"`max_error` must be a finite number in \(0.0, 1.0\); got 0.0"),
+        ({"max_error": 1.0}, r"`max_error` must be a finite number in \(0.0, 1.0\); got 1.0"),
+        ({"rank": 3, "max_error": 0.1}, "give exactly one of `rank`.*got rank=3, max_error=0.1"),
+        ({}, "give exactly one of `rank`.*got rank=None, max_error=None"),
+        ({"rank": 3, "max_rank": 5}, "`max_rank` applies only with `max_error`"),
         ({"rank": 3, "seed": "x"}, "`seed` must be a non-negative integer"),
         ({"rank": 3, "layout": "rows"}, "`layout` must be one of auto, panel, block"),
     ],

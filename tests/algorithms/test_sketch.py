@@ -98,7 +98,10 @@ def test_error_estimate_is_within_its_stated_confidence_over_many_seeds():
             {"rank": 5, "sketch_size": (10, 8)},
             r"`sketch_size\[1\] \(s\)` must be an integer in \[10, 40\]",
         ),
-        ({"rank": 5, "n_error_sketch": 0}, r"`n_error_sketch` must be an integer >= 1; got 0"),
+        (
+            {"rank": 5, "n_error_sketch": 0},
+            r"`n_error_sketch` must be an integer in \[1, 10000\]; got 0",
+        ),
     ],
 )
 def test_bad_parameters_are_refused_by_name(kwargs, match):

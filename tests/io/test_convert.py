@@ -10,7 +10,7 @@ import scipy.io
 from click.testing import CliRunner
 
 import dlowrank
-from dlowrank.cli import main
+from dlowrank.app.cli import main
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import dlowrank
-from dlowrank.cli import main
+from dlowrank.app.cli import main
 from dlowrank.errors import InputError
 from dlowrank.io.ratings import write_ratings
 
@@ -24,14 +24,14 @@ def triplets():
     return rows, cols, vals
 
 
-@pytest.mark.parametrize("method", ["als", "gd"])
-def test_sparse_and_dense_with_nan_give_the_same_result(tmp_path, triplets, method):
+@pytest.mark.parametrize("solver", ["als", "gd"])
+def test_sparse_and_dense_with_nan_give_the_same_result(tmp_path, triplets, solver):
     rows, cols, vals = triplets
     path = tmp_path / "r.zarr"
     write_ratings(path, rows, cols, vals, shape=(1500, 300))
     dense = np.full((1500, 300), np.nan)
     dense[rows, cols] = vals
-    kw = {"weight_decay": 1.0, "seed": 0, "method": method, "max_iter": 25}
+    kw = {"weight_decay": 1.0, "seed": 0, "solver": solver, "max_iter": 25}
     sparse = dlowrank.factorize(str(path), 4, **kw)
     masked = dlowrank.factorize(dense, 4, missing="nan", **kw)
     assert sparse.passes == masked.passes == 25 and sparse.params["missing"] == "sparse"
@@ -82,9 +82,85 @@ def test_ratings_csv_parsing_is_strict(tmp_path):
 
 
 def test_nmf_refuses_ratings(tmp_path, triplets):
-    from dlowrank.errors import ParameterError
-
     rows, cols, vals = triplets
     write_ratings(tmp_path / "r.zarr", rows, cols, np.abs(vals), shape=(1500, 300))
-    with pytest.raises(ParameterError, match="nmf needs every entry"):
+    with pytest.raises(InputError, match="nmf needs every entry"):
         dlowrank.nmf(str(tmp_path / "r.zarr"), 3)
+
+
+# --- one opener: a ratings group works in every streaming function, or is refused ------------
+
+
+@pytest.fixture(scope="module")
+def ratings_store(tmp_path_factory, triplets):
+    rows, cols, vals = triplets
+    path = tmp_path_factory.mktemp("ratings") / "r.zarr"
+    write_ratings(path, rows, cols, vals, shape=(1500, 300))
+    dense = np.zeros((1500, 300))
+    dense[rows, cols] = vals
+    return str(path), dense
+
+
+def test_streaming_svds_read_ratings_sparse_with_zeros(ratings_store):
+    path, dense = ratings_store
+    for fn, kw in ((dlowrank.randomized_svd, {"n_power_iter": 2}), (dlowrank.sketch_svd, {})):
+        sparse = fn(path, 4, seed=3, **kw)
+        full = fn(dense, 4, seed=3, **kw)
+        assert sparse.passes == full.passes and sparse.input["source"] == path
+        np.testing.assert_allclose(sparse.s, full.s, rtol=1e-10)
+        np.testing.assert_allclose(sparse.to_dense(), full.to_dense(), atol=1e-9 * full.s[0])
+        np.testing.assert_allclose(sparse.rel_error, full.rel_error, rtol=1e-8)
+
+
+def test_nystrom_reads_a_symmetric_ratings_group(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 6))
+    a = x @ x.T
+    a[np.abs(a) < 2.0] = 0.0  # sparse, symmetric ...
+    a += np.eye(200) * (np.abs(np.linalg.eigvalsh(a)).max() + 1)  # ... and PSD
+    rows, cols = np.nonzero(a)
+    path = tmp_path / "k.zarr"
+    write_ratings(path, rows, cols, a[rows, cols], shape=a.shape)
+    sparse = dlowrank.nystrom(str(path), 5, seed=0)
+    full = dlowrank.nystrom(a, 5, seed=0)
+    np.testing.assert_allclose(sparse.w, full.w, rtol=1e-10)
+
+
+def test_spectrum_command_on_ratings(ratings_store):
+    path, dense = ratings_store
+    res = CliRunner().invoke(
+        main, ["spectrum", path, "--rank", "5", "--workers", "0", "--json", "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    s = np.linalg.svd(dense, compute_uv=False)
+    assert got["passes"] == 3 and got["n_values"] == 5
+    np.testing.assert_allclose(got["total_energy"], np.sum(dense**2), rtol=1e-8)
+    optimal = np.sqrt(np.sum(s[5:] ** 2) / np.sum(s**2))
+    assert optimal <= got["rel_error"] <= 1.01 * optimal
+
+
+def test_functions_that_need_dense_input_refuse_ratings_by_name(ratings_store):
+    path, _ = ratings_store
+    for call in (
+        lambda: dlowrank.exact_svd(path, 3),
+        lambda: dlowrank.svt(path, 1.0),
+        lambda: dlowrank.exact_eigh(path, 3),
+    ):
+        with pytest.raises(InputError, match="needs a dense matrix, and `a` is a ratings group"):
+            call()
+    with pytest.raises(InputError, match="nmf needs every entry.*ratings group.*factorize"):
+        dlowrank.nmf(path, 3)
+    res = CliRunner().invoke(main, ["nmf", path, "--out", "x.zarr", "--rank", "3", "--dry-run"])
+    assert res.exit_code == 2 and "use factorize for ratings" in res.output
+
+
+def test_an_unrated_row_is_named_as_such(tmp_path, triplets):
+    rows, cols, vals = triplets
+    keep = rows != 7
+    path = tmp_path / "gap.zarr"
+    write_ratings(path, rows[keep], cols[keep], vals[keep], shape=(1500, 300))
+    with pytest.raises(
+        InputError, match="row 7 of `a` has no observed entry \\(no stored rating\\)"
+    ):
+        dlowrank.factorize(str(path), 3, max_iter=3)

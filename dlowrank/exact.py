@@ -1,6 +1,9 @@
-"""Public functions: exact in-memory paths, Eckart-Young errors, spectrum tools.
+"""Public exact in-memory paths: SVD, symmetric eigen-decomposition, SVT.
 
-Each function validates its arguments, then calls a kernel that trusts them.
+For small matrices, and the oracle the streaming results are verified against
+(Eckart-Young). Each opens its input with the one opener (:func:`open_source`),
+loads it whole (refusing sparse ratings and inputs above ``max_bytes``), and
+calls a kernel.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from dlowrank.errors import InputError, ParameterError
-from dlowrank.io.matrix import as_dask_matrix
-from dlowrank.io.source import input_info
-from dlowrank.kernels import exact, spectrum
+from dlowrank.algorithms.common import check_symmetric
+from dlowrank.errors import InputError
+from dlowrank.io.source import dense, input_info, open_source
+from dlowrank.kernels import exact, passkernels
 from dlowrank.params import parse_float, parse_int, parse_rank
 from dlowrank.results import EighResult, SVDResult
 
@@ -25,12 +28,9 @@ logger = logging.getLogger(__name__)
 EXACT_MAX_BYTES = 2 << 30
 
 
-def _first_nonfinite(arr: np.ndarray) -> tuple[int, tuple[int, int]] | None:
-    bad = ~np.isfinite(arr)
-    if not bad.any():
-        return None
-    idx = np.argwhere(bad)[0]
-    return int(bad.sum()), (int(idx[0]), int(idx[1]))
+def _open_small(a: Any, what: str) -> da.Array:
+    """``a`` through the one opener, as a dense Dask array (ratings are refused)."""
+    return dense(open_source(a), what)
 
 
 def _load_small(
@@ -45,9 +45,9 @@ def _load_small(
             "sketch_svd for large matrices, or raise max_bytes"
         )
     arr = np.asarray(x.compute(), dtype=np.float64)
-    found = _first_nonfinite(arr)
-    if found is not None:
-        count, (i, j) = found
+    found = passkernels.nonfinite(arr, (0, arr.shape[0]), (0, arr.shape[1]))
+    if found["count"]:
+        count, (i, j) = found["count"], found["first"]
         raise InputError(
             f"`{name}` holds {count} NaN or infinite values (the first at row {i}, "
             f"column {j}); dlowrank needs finite input"
@@ -91,7 +91,7 @@ def exact_svd(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYT
     True
     """
     start = time.perf_counter()
-    x = as_dask_matrix(a)
+    x = _open_small(a, "exact_svd")
     k = parse_rank(rank, x.shape)
     arr, info = _load_small(x, a, max_bytes)
     u, s, vt = exact.svd(arr)
@@ -138,7 +138,7 @@ def exact_eigh(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BY
     True
     """
     start = time.perf_counter()
-    x = as_dask_matrix(a)
+    x = _open_small(a, "exact_eigh")
     if x.shape[0] != x.shape[1]:
         raise InputError(
             f"`a` must be square for exact_eigh; got shape {x.shape} "
@@ -146,14 +146,13 @@ def exact_eigh(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BY
         )
     k = parse_rank(rank, x.shape)
     arr, info = _load_small(x, a, max_bytes)
-    tol = 1e3 * np.finfo(np.dtype(info["dtype"])).eps
-    asym = exact.asymmetry(arr)
-    if asym > tol:
-        raise InputError(
-            f"`a` is not symmetric: ||a - a.T||_F / ||a||_F = {asym:.3g} > {tol:.3g}; "
-            "use exact_svd, or symmetrize with (a + a.T) / 2"
-        )
-    w, v = exact.eigh_by_magnitude((arr + arr.T) / 2)
+    sym = check_symmetric(
+        arr,
+        np.dtype(info["dtype"]),
+        "a (||a - a.T||_F / ||a||_F)",
+        "use exact_svd, or symmetrize with (a + a.T) / 2",
+    )
+    w, v = exact.eigh_by_magnitude(sym)
     total = float(np.sum(w**2))
     err = float(np.sqrt(np.sum(w[k:] ** 2) / total)) if total > 0 else 0.0
     dtype = np.dtype(info["dtype"])
@@ -204,7 +203,7 @@ def svt(
     [2.0, 1.0]
     """
     start = time.perf_counter()
-    x = as_dask_matrix(a)
+    x = _open_small(a, "svt")
     tau = parse_float(threshold, "threshold", low=0.0)
     k = parse_rank(rank, x.shape)
     arr, info = _load_small(x, a, max_bytes)
@@ -226,119 +225,3 @@ def svt(
         input=info,
         seconds=time.perf_counter() - start,
     )
-
-
-def _parse_spectrum(s: Any) -> np.ndarray:
-    arr = np.asarray(s, dtype=np.float64)
-    if arr.ndim != 1 or arr.size == 0:
-        raise ParameterError(
-            f"`s` must be a non-empty 1-D array of singular values; got shape {arr.shape}"
-        )
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ParameterError("`s` must hold finite non-negative singular values")
-    if np.any(np.diff(arr) > 0):
-        i = int(np.argmax(np.diff(arr) > 0))
-        raise ParameterError(
-            f"`s` must be non-increasing; s[{i}] = {arr[i]:.6g} < "
-            f"s[{i + 1}] = {arr[i + 1]:.6g} (sort it in descending order)"
-        )
-    return arr
-
-
-def optimal_error(s: Any, rank: int) -> exact.OptimalError:
-    """Eckart-Young: the error of the best rank-``rank`` approximation.
-
-    Parameters
-    ----------
-    s : array-like, shape (p,)
-        The *whole* spectrum, non-increasing (p = min(m, n)).
-    rank : int
-        In [0, p].
-
-    Returns
-    -------
-    OptimalError
-        ``frobenius`` = sqrt(sum_{i>=rank} s_i^2), ``spectral`` = s_rank, and both
-        relative to ||A||_F and ||A||_2. No rank-``rank`` matrix does better in
-        either norm (Eckart & Young 1936; Mirsky 1960).
-
-    Examples
-    --------
-    >>> import dlowrank
-    >>> dlowrank.optimal_error([4.0, 3.0], 1).frobenius
-    3.0
-    """
-    arr = _parse_spectrum(s)
-    return exact.optimal_error(arr, parse_int(rank, "rank", 0, arr.size))
-
-
-def cumulative_energy(s: Any, *, total_energy: float | None = None) -> np.ndarray:
-    """Fraction of ``||A||_F^2`` in the first k singular values, k = 1..len(s).
-
-    ``total_energy`` is ``||A||_F^2`` when ``s`` is only the top of the spectrum.
-
-    Examples
-    --------
-    >>> import dlowrank
-    >>> dlowrank.cumulative_energy([3.0, 1.0]).tolist()
-    [0.9, 1.0]
-    """
-    arr = _parse_spectrum(s)
-    if total_energy is not None:
-        total_energy = parse_float(
-            total_energy, "total_energy", low=float(np.sum(arr**2)) * (1 - 1e-12)
-        )
-    return spectrum.cumulative_energy(arr, total_energy)
-
-
-def rank_for_energy(s: Any, fraction: float, *, total_energy: float | None = None) -> int | None:
-    """Smallest rank whose singular values hold ``fraction`` of ``||A||_F^2``.
-
-    Returns None if the given (partial) spectrum does not reach it.
-
-    Examples
-    --------
-    >>> import dlowrank
-    >>> dlowrank.rank_for_energy([3.0, 2.0, 1.0, 1.0], 0.9)
-    3
-    """
-    arr = _parse_spectrum(s)
-    fraction = parse_float(fraction, "fraction", low=0.0, high=1.0, low_open=True)
-    return spectrum.rank_for_energy(arr, fraction, total_energy)
-
-
-def stable_rank(s: Any, *, total_energy: float | None = None) -> float:
-    """Stable rank ``||A||_F^2 / ||A||_2^2``, a robust count of significant directions.
-
-    Examples
-    --------
-    >>> import numpy as np, dlowrank
-    >>> float(dlowrank.stable_rank(np.ones(7)))
-    7.0
-    """
-    return spectrum.stable_rank(_parse_spectrum(s), total_energy)
-
-
-def spectrum_summary(
-    s: Any, *, full_rank: int | None = None, total_energy: float | None = None
-) -> spectrum.SpectrumSummary:
-    """Whether a spectrum decays fast (approximable), slowly, or is flat (noise-like).
-
-    Parameters
-    ----------
-    s : array-like
-        Singular values, non-increasing: the whole spectrum, or its top together
-        with ``total_energy`` = ||A||_F^2 and ``full_rank`` = min(m, n).
-
-    Examples
-    --------
-    >>> import numpy as np, dlowrank
-    >>> dlowrank.spectrum_summary(0.5 ** np.arange(100)).verdict
-    'fast decay'
-    >>> dlowrank.spectrum_summary(np.ones(100)).verdict
-    'flat'
-    """
-    arr = _parse_spectrum(s)
-    if full_rank is not None:
-        full_rank = parse_int(full_rank, "full_rank", arr.size)
-    return spectrum.summarize(arr, full_rank, total_energy)

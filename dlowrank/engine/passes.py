@@ -21,12 +21,11 @@ from __future__ import annotations
 import functools
 import logging
 import operator
-import os
 import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -35,7 +34,7 @@ from dask.callbacks import Callback
 from threadpoolctl import threadpool_limits
 
 from dlowrank.errors import DlowrankWarning, PassTimeoutError, StorageError
-from dlowrank.io.source import DaskSource, Rect, ZarrSource
+from dlowrank.io.source import DaskSource, Rect
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +98,18 @@ def _tree_sum(parts: list[Any]) -> Any:
     return parts[0]
 
 
+#: The key under which the first pass sums ||A||_F^2 (taken out before algorithms see it).
+FRO2 = "__fro2__"
+
+
+def _with_fro2(kernel: Callable, missing: bool, block: Any, rows, cols, *args: Any) -> dict:
+    """``kernel``'s output, with the piece's ||block||_F^2 added to its sums."""
+    from dlowrank.kernels.passkernels import block_fro2
+
+    out = kernel(block, rows, cols, *args)
+    return {**out, "sums": {**out["sums"], FRO2: block_fro2(block, missing)}}
+
+
 def _run_piece(
     block_or_source: Any, rect: Rect, transpose: bool, kernel: Callable, args: tuple
 ) -> dict:
@@ -110,16 +121,86 @@ def _run_piece(
     return kernel(block, (r0, r1), (c0, c1), *args)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Plan:
+    """How a pass cuts the input: decided once, from its chunks and the memory budget.
+
+    ``transpose``: A is wide and is seen as A^T (tall orientation, m >= n);
+    ``kind``: "panel" (a piece is a whole row panel) or "block" (one chunk);
+    ``row_ranges`` and ``col_ranges``: the pieces' global ranges, tall orientation.
+    """
+
+    kind: str
+    transpose: bool
+    tall_shape: tuple[int, int]
+    tall_chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    row_ranges: tuple[tuple[int, int], ...]
+    col_ranges: tuple[tuple[int, int], ...]
+    budget: int  # bytes one task may use
+
+    @classmethod
+    def make(cls, source: Any, layout: str, budget: int) -> Plan:
+        """The plan for ``layout`` ("auto": panels when one chunk row fits the budget)."""
+        m, n = source.shape
+        transpose = n > m
+        chunks = source.chunks
+        tall_shape = (n, m) if transpose else (m, n)
+        tall_chunks = (chunks[1], chunks[0]) if transpose else chunks
+        band_bytes = tall_shape[1] * 8  # float64 work copy per row of a panel
+        if layout == "auto":
+            widest = max(tall_chunks[0]) * band_bytes
+            layout = "panel" if widest <= budget else "block"
+            if layout == "block":
+                warnings.warn(
+                    f"a row panel of {max(tall_chunks[0])} x {tall_shape[1]} needs "
+                    f"{widest / 2**30:.2f} GiB, above the {budget / 2**30:.2f} GiB "
+                    "budget: working chunk by chunk, which costs two passes per power "
+                    "iteration; store A with fewer rows per chunk to avoid this",
+                    DlowrankWarning,
+                    stacklevel=5,
+                )
+        if layout == "panel":
+            rows = _bands(tall_chunks[0], band_bytes, min(PANEL_BYTES, budget // 2))
+            cols = [(0, tall_shape[1])]
+        else:
+            rows, cols = _ranges(tall_chunks[0]), _ranges(tall_chunks[1])
+        return cls(layout, transpose, tall_shape, tall_chunks, tuple(rows), tuple(cols), budget)
+
+
+def _budget(memory: int | None, client: Any) -> int:
+    """Bytes one task may use: ``memory`` when given; on a cluster a quarter of the smallest
+    worker's memory_limit (a task holds its panel, a float64 copy and its products); else
+    MAX_PANEL_BYTES."""
+    if memory is not None:
+        return int(memory)
+    if client is not None:
+        limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+        limits = [lim for lim in limits if lim > 0]
+        if limits:
+            return min(MAX_PANEL_BYTES, min(limits) // 4)
+    return MAX_PANEL_BYTES
+
+
+def _current_client(client: Any) -> Any:
+    if client is not None:
+        return client
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
 class PassEngine:
     """Runs passes over a source; counts them.
 
     Parameters
     ----------
-    source : ZarrSource or DaskSource
+    source : ZarrSource, DaskSource or RatingsSource
     layout : {"panel", "block", "auto"}
         "auto" picks panels when one chunk row (or column, for a wide A) fits
-        ``max_panel_bytes``, else blocks.
+        the memory budget, else blocks.
     client : distributed.Client, optional
         Run on this client; by default dask's current scheduler (an active
         distributed client is used if there is one).
@@ -129,67 +210,69 @@ class PassEngine:
     progress : callable, optional
         Receives a :class:`PassEvent` when a pass starts, as pieces finish (dask's
         threads) and when it is done.
+    timeout : float, optional
+        Seconds one pass may take; default on a cluster: 20 times the first pass,
+        at least 600 (on threads: none).
+    memory : int, optional
+        Bytes one task may use (see :func:`_budget` for the default).
+    missing : bool
+        NaN entries are missing values: ||A||_F^2 sums the observed entries, and only
+        infinite entries are refused.
+    fingerprint : str, optional
+        The input's fingerprint when the caller has taken it already (a job); else it
+        is taken at the first pass. The input must keep it until the last pass.
 
-    ``passes`` counts the full reads of A the computation needed, restored ones
-    included; ``restored`` how many of them came from the checkpoint.
+    The first pass also accumulates ||A||_F^2 (``fro2``) and refuses a non-finite
+    input. ``passes`` counts the full reads of A the computation needed, restored
+    ones included; ``restored`` how many of them came from the checkpoint.
     """
 
-    source: ZarrSource | DaskSource
-    layout: str = "auto"
-    panel_bytes: int = PANEL_BYTES
-    max_panel_bytes: int = MAX_PANEL_BYTES
-    client: Any = None
-    checkpoint: Any = None
-    progress: Callable[[PassEvent], None] | None = None
-    passes: int = field(default=0, init=False)
-    restored: int = field(default=0, init=False)
-    _distributed: Any = field(default=None, init=False, repr=False)
-    _first_seconds: float | None = field(default=None, init=False, repr=False)
+    def __init__(
+        self,
+        source: Any,
+        layout: str = "auto",
+        *,
+        client: Any = None,
+        checkpoint: Any = None,
+        progress: Callable[[PassEvent], None] | None = None,
+        timeout: float | None = None,
+        memory: int | None = None,
+        fingerprint: str | None = None,
+        missing: bool = False,
+    ) -> None:
+        self.source = source
+        self.client = _current_client(client)
+        self.checkpoint = checkpoint
+        self.progress = progress
+        self.timeout = timeout
+        self.missing = missing
+        self.plan = Plan.make(source, layout, _budget(memory, self.client))
+        self.passes = 0
+        self.restored = 0
+        self.fro2: float | None = None
+        self._fingerprint = fingerprint
+        self._first_seconds: float | None = None
 
-    def __post_init__(self) -> None:
-        self._fit_budget_to_workers()
-        m, n = self.source.shape
-        self.transpose = n > m
-        chunks = self.source.chunks
-        self.tall_shape = (n, m) if self.transpose else (m, n)
-        self.tall_chunks = (chunks[1], chunks[0]) if self.transpose else chunks
-        band_bytes = self.tall_shape[1] * 8  # float64 work copy per row of a panel
-        if self.layout == "auto":
-            widest = max(self.tall_chunks[0]) * band_bytes
-            self.layout = "panel" if widest <= self.max_panel_bytes else "block"
-            if self.layout == "block":
-                warnings.warn(
-                    f"a row panel of {max(self.tall_chunks[0])} x {self.tall_shape[1]} needs "
-                    f"{widest / 2**30:.2f} GiB, above the {self.max_panel_bytes / 2**30:.2f} GiB "
-                    "budget: working chunk by chunk, which costs two passes per power "
-                    "iteration; store A with fewer rows per chunk to avoid this",
-                    DlowrankWarning,
-                    stacklevel=4,
-                )
-        if self.layout == "panel":
-            self.row_ranges = _bands(self.tall_chunks[0], band_bytes, self.panel_bytes)
-            self.col_ranges = [(0, self.tall_shape[1])]
-        else:
-            self.row_ranges = _ranges(self.tall_chunks[0])
-            self.col_ranges = _ranges(self.tall_chunks[1])
+    # the plan, as the algorithms read it
+    @property
+    def layout(self) -> str:
+        return self.plan.kind
 
-    def _fit_budget_to_workers(self) -> None:
-        """On a distributed cluster, keep panels well inside the smallest worker's memory:
-        a task holds its panel, a float64 copy and its products (about 3x the panel)."""
-        client = self.client
-        if client is None:
-            try:
-                from distributed import get_client
+    @property
+    def transpose(self) -> bool:
+        return self.plan.transpose
 
-                client = get_client()
-            except (ImportError, ValueError):
-                return
-        self._distributed = client
-        limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
-        limits = [lim for lim in limits if lim > 0]
-        if limits:
-            self.panel_bytes = min(self.panel_bytes, min(limits) // 8)
-            self.max_panel_bytes = min(self.max_panel_bytes, min(limits) // 4)
+    @property
+    def tall_shape(self) -> tuple[int, int]:
+        return self.plan.tall_shape
+
+    @property
+    def row_ranges(self) -> tuple[tuple[int, int], ...]:
+        return self.plan.row_ranges
+
+    @property
+    def col_ranges(self) -> tuple[tuple[int, int], ...]:
+        return self.plan.col_ranges
 
     def _piece(
         self, rows: tuple[int, int], cols: tuple[int, int], kernel: Callable, args: tuple
@@ -205,7 +288,7 @@ class PassEngine:
         """Broadcast arrays once: on a cluster, large ones are scattered to every worker."""
         if not isinstance(arg, np.ndarray):
             return arg
-        client = self.client or self._distributed
+        client = self.client
         if client is not None and arg.nbytes > SCATTER_BYTES:
             return client.scatter(arg, broadcast=True, hash=False)
         return dask.delayed(arg)
@@ -213,28 +296,32 @@ class PassEngine:
     def run(self, kernel: Callable, *args: Any) -> PassOutput:
         """One pass: ``kernel(block, rows, cols, *args)`` on every piece, then reduce.
 
-        The kernel gets a float block of the tall-oriented A with its global
-        ``rows`` and ``cols`` ranges and returns ``{"sums": {...}, "rows": {...},
-        "cols": {...}}`` of arrays. Large broadcast ``args`` are shared, not copied
-        per task.
+        The kernel gets a float block of the tall-oriented A (a NumPy array, or a
+        SciPy sparse matrix for a ratings source) with its global ``rows`` and
+        ``cols`` ranges and returns ``{"sums": {...}, "rows": {...}, "cols": {...}}``
+        of arrays. Large broadcast ``args`` are shared, not copied per task. The
+        first pass also sums ||A||_F^2 into :attr:`fro2` and refuses non-finite input.
         """
         index, name = self.passes + 1, kernel.__name__
+        if self.fro2 is None:
+            kernel = functools.partial(_with_fro2, kernel, self.missing)
         fp = self.input_fingerprint
         saved = self.checkpoint.load(index, name, fp) if self.checkpoint is not None else None
         if saved is not None:
             self.passes += 1
             self.restored += 1
+            out = _unflatten(saved)
+            self._take_fro2(out)
             self._emit(PassEvent("done", index, 1, 1, restored=True))
             logger.info("pass %d (%s) restored from the checkpoint", index, name)
-            return _unflatten(saved)
+            return out
         start = time.perf_counter()
         out = self._compute(kernel, args, index)
         self._check_input(index)
         self.passes += 1
         if self.checkpoint is not None:
             self.checkpoint.save(index, name, _flatten(out), fp)
-            # A pause after each saved pass, for tests that kill a job between passes.
-            time.sleep(float(os.environ.get("DLOWRANK_TEST_PASS_DELAY", "0")))
+        self._take_fro2(out)
         seconds = time.perf_counter() - start
         if self._first_seconds is None:
             self._first_seconds = seconds
@@ -243,12 +330,43 @@ class PassEngine:
         logger.info("pass %d (%s) done in %.2f s", index, name, seconds)
         return out
 
+    def _take_fro2(self, out: PassOutput) -> None:
+        """||A||_F^2 from the first pass; it is NaN or inf iff A has a non-finite entry
+        (or overflows float64): then find the first one, at the cost of one more pass."""
+        if FRO2 not in out.sums:
+            return
+        self.fro2 = float(out.sums.pop(FRO2))
+        if not np.isfinite(self.fro2):
+            self._refuse_nonfinite()
+
+    def _refuse_nonfinite(self) -> None:
+        from dlowrank.errors import InputError
+        from dlowrank.kernels import passkernels
+
+        found = [p for p in self.run_pieces(passkernels.nonfinite, self.missing) if p["count"]]
+        if not found:
+            raise InputError(
+                "`a` is finite but its squared Frobenius norm overflows float64 "
+                "(entries of magnitude 1e154 or more); rescale it first"
+            )
+        count = sum(p["count"] for p in found)
+        i, j = min(p["first"] for p in found)
+        if self.transpose:
+            i, j = j, i
+        chunks = self.source.chunks
+        ci = int(np.searchsorted(np.cumsum(chunks[0]), i, side="right"))
+        cj = int(np.searchsorted(np.cumsum(chunks[1]), j, side="right"))
+        what = "infinite" if self.missing else "NaN or infinite"
+        raise InputError(
+            f"`a` holds {count} {what} values (the first at row {i}, column {j}, in "
+            f"chunk ({ci}, {cj})); dlowrank needs finite input"
+        )
+
     def _pass_limit(self) -> float | None:
-        """``dlowrank.pass-timeout``; else, on a cluster, after the first pass, the larger
-        of DERIVED_FLOOR seconds and DERIVED_FACTOR times the first pass."""
-        explicit = dask.config.get("dlowrank.pass-timeout", None)
-        if explicit is not None:
-            return float(explicit)
+        """``timeout``; else, on a cluster, after the first pass, the larger of
+        DERIVED_FLOOR seconds and DERIVED_FACTOR times the first pass."""
+        if self.timeout is not None:
+            return float(self.timeout)
         if self._first_seconds is None:
             return None
         return max(DERIVED_FLOOR, DERIVED_FACTOR * self._first_seconds)
@@ -295,7 +413,9 @@ class PassEngine:
         from dlowrank.io.checkpoint import fingerprint
         from dlowrank.io.inventory import source_url
 
-        return fingerprint(self.source) if source_url(self.source) else None
+        if not source_url(self.source):
+            return None
+        return self._fingerprint or fingerprint(self.source)
 
     def _check_input(self, index: int) -> None:
         """The input must be as it was when the run started: a matrix rewritten between
@@ -319,7 +439,7 @@ class PassEngine:
         leaves = [
             self._piece(r, c, kernel, shared) for r in self.row_ranges for c in self.col_ranges
         ]
-        client = self.client or self._distributed
+        client = self.client
         out = (
             client.gather(client.compute(leaves))
             if client is not None
@@ -349,7 +469,7 @@ class PassEngine:
             _tree_sum([pick(leaves[i, j], "cols") for i in range(len(self.row_ranges))])
             for j in range(len(self.col_ranges))
         ]
-        client = self.client or self._distributed
+        client = self.client
         if client is not None:
             futures = client.compute([total, rows, cols])
             self._emit(PassEvent("start", index, 0, len(leaves)))  # tasks already submitted
@@ -360,10 +480,9 @@ class PassEngine:
             # Dask's threads each run a task; BLAS threads on top would oversubscribe the
             # cores (measured: q = 2 on 100,000 x 4,000 took 21.8 s with 2 BLAS threads per
             # task, 13.1 s with one).
-            timeout = dask.config.get("dlowrank.pass-timeout", None)
             with (
                 threadpool_limits(limits=1, user_api="blas"),
-                _PieceCounter(self, index, len(leaves), timeout),
+                _PieceCounter(self, index, len(leaves), self.timeout),
             ):
                 total, rows, cols = dask.compute(total, rows, cols, scheduler="threads")
         return PassOutput(

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from dlowrank.api import exact_svd
+from dlowrank.exact import exact_svd
 from dlowrank.generate import generate
 from dlowrank.kernels.exact import optimal_error
 from dlowrank.streaming import randomized_svd

@@ -15,59 +15,68 @@ import json
 import logging
 import os
 import tomllib
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dask
 import numpy as np
 
-from dlowrank.errors import OutOfSpaceError, ParameterError, ResultError, StoreNotFoundError
+from dlowrank.engine.runner import CHECKPOINT, MEMORY, STORAGE_OPTIONS, TIMEOUT
+from dlowrank.errors import (
+    DlowrankWarning,
+    OutOfSpaceError,
+    ParameterError,
+    ResultError,
+    StoreNotFoundError,
+)
+from dlowrank.factorization import FACTORIZE, NMF
+from dlowrank.io.inventory import VERIFY_MODES
+from dlowrank.params import MAX_POWER_ITER, MAX_TIMEOUT, MAX_WORKERS, Param, Spec
+from dlowrank.streaming import RANDOMIZED_SVD, SKETCH_SVD
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Option:
-    """One option: the job key ``name``; its flag is the name with dashes for underscores."""
-
-    name: str
-    type: Any  # int, float, str, bool, dict, or a tuple of choices
-    default: Any = None
-    help: str = ""
-    nargs: int = 1
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+def _run_param(name: str, kind: Any, default: Any, help: str, **kw: Any) -> Param:
+    return Param(name, kind, default, help, role="run", **kw)
 
 
+def _seconds(name: str, default: float | None, help: str) -> Param:
+    return _run_param(name, float, default, help, low=0.0, high=MAX_TIMEOUT, low_open=True)
+
+
+#: Where and how a job runs (every command has these; ``run`` can override them).
 RUNTIME = [
-    Option("scheduler", str, None, "Dask scheduler address (else DASK_SCHEDULER_ADDRESS)."),
-    Option("scheduler_file", str, None, "Dask scheduler file."),
-    Option("workers", int, None, "LocalCluster worker processes (0: dask threads, no cluster)."),
-    Option("threads_per_worker", int, None, "Threads per LocalCluster worker."),
-    Option("memory_limit", str, None, "Memory limit per LocalCluster worker, e.g. 2GB."),
-    Option(
-        "timeout",
-        float,
+    _run_param("scheduler", str, None, "Dask scheduler address (else DASK_SCHEDULER_ADDRESS)."),
+    _run_param("scheduler_file", str, None, "Dask scheduler file.", path=True),
+    _run_param(
+        "workers",
+        int,
         None,
-        "Fail (exit 4) when one pass takes longer (seconds); default on a cluster: "
-        "20 times the first pass, at least 600.",
+        "LocalCluster worker processes (0: dask threads, no cluster).",
+        low=0,
+        high=MAX_WORKERS,
     ),
-    Option("connect_timeout", float, 30.0, "Seconds to wait for a scheduler to answer."),
-    Option(
+    _run_param(
+        "threads_per_worker", int, None, "Threads per LocalCluster worker.", low=1, high=MAX_WORKERS
+    ),
+    _run_param("memory_limit", "memory", None, "Memory limit per LocalCluster worker, e.g. 2GB."),
+    TIMEOUT,
+    MEMORY,
+    _seconds("connect_timeout", 30.0, "Seconds to wait for a scheduler to answer."),
+    _seconds(
         "no_workers_timeout",
-        float,
         60.0,
         "Seconds to wait for a first worker, or without any worker during a pass.",
     ),
-    Option("tls_ca_file", str, None, "CA certificate (PEM) for a TLS cluster."),
-    Option("tls_cert", str, None, "Client certificate (PEM) for a TLS cluster."),
-    Option("tls_key", str, None, "Client private key (PEM) for a TLS cluster."),
-    Option(
+    _run_param("tls_ca_file", str, None, "CA certificate (PEM) for a TLS cluster.", path=True),
+    _run_param("tls_cert", str, None, "Client certificate (PEM) for a TLS cluster.", path=True),
+    _run_param("tls_key", str, None, "Client private key (PEM) for a TLS cluster.", path=True),
+    _run_param(
         "verify_input",
-        str,
+        VERIFY_MODES,
         "listing",
         "How to tell that the input changed: listing (file sizes and times or ETags) "
         "or checksum (every file's bytes, hashed at the start and after each pass: "
@@ -75,7 +84,7 @@ RUNTIME = [
     ),
 ]
 INPUT = [
-    Option(
+    _run_param(
         "allow_missing_chunks",
         bool,
         False,
@@ -83,61 +92,60 @@ INPUT = [
     ),
 ]
 OUTPUT = [
-    Option("overwrite", bool, False, "Replace an existing result once the new one is complete."),
-    Option("checkpoint", str, None, "Checkpoint folder (default: OUT.checkpoint beside OUT)."),
-    Option("restart", bool, False, "Discard an existing checkpoint instead of resuming."),
-    Option("storage_options", dict, None, "fsspec options for INPUT and OUT (JSON)."),
+    _run_param(
+        "overwrite", bool, False, "Replace an existing result once the new one is complete."
+    ),
+    CHECKPOINT,
+    _run_param("restart", bool, False, "Discard an existing checkpoint instead of resuming."),
+    STORAGE_OPTIONS,
 ]
-COMMANDS: dict[str, list[Option]] = {
-    "svd": [
-        Option("rank", int, None, "Number of singular triplets (or give --tol)."),
-        Option("tol", float, None, "Relative Frobenius error to reach instead of a rank."),
-        Option("max_rank", int, None, "Largest rank tried with --tol."),
-        Option("passes", int, None, "1: single-pass sketch; k >= 2: k - 1 power iterations."),
-        Option("n_power_iter", int, 2, "Power iterations q (q + 1 passes)."),
-        Option("n_oversamples", int, 10, "Extra sketch columns."),
-        Option("sketch_size", int, None, "Single pass: range sketch width k (default 4 rank + 1)."),
-        Option("seed", int, 0, "Seed; the result does not depend on chunks or workers."),
-        Option("symmetric", bool, False, "Symmetric input: eigen-decomposition form."),
-        *INPUT,
-        *OUTPUT,
-        *RUNTIME,
-    ],
-    "factorize": [
-        Option("rank", int, None, "Number of factors k."),
-        Option("weight_decay", float, 0.0, "L2 weight decay alpha on both factors."),
-        Option("method", str, "als", "als or gd."),
-        Option("max_iter", int, None, "Iterations (one pass each) at most."),
-        Option("tol", float, 1e-6, "Stop when the objective changes less (relative)."),
-        Option("init", str, None, "svd or random (default: svd for complete data)."),
-        Option("missing", str, None, "nan: NaN entries are missing."),
-        Option("seed", int, 0, "Seed."),
-        *INPUT,
-        *OUTPUT,
-        *RUNTIME,
-    ],
-    "nmf": [
-        Option("rank", int, None, "Number of non-negative factors k."),
-        Option("solver", str, "hals", "hals or mu."),
-        Option("init", str, "nndsvd", "nndsvd, nndsvda or random."),
-        Option("max_iter", int, 200, "Iterations (one pass each) at most."),
-        Option("tol", float, 1e-4, "Stop when the objective changes less (relative)."),
-        Option("weight_decay", float, 0.0, "L2 weight decay alpha on both factors."),
-        Option("seed", int, 0, "Seed."),
-        *INPUT,
-        *OUTPUT,
-        *RUNTIME,
-    ],
-    "spectrum": [
-        Option("rank", int, 50, "How many singular values to compute."),
-        Option("n_power_iter", int, 2, "Power iterations q (q + 1 passes)."),
-        Option("n_oversamples", int, 10, "Extra sketch columns."),
-        Option("seed", int, 0, "Seed."),
-        Option("plot", str, None, "Write a scree and cumulative-energy plot (PNG) here."),
-        *INPUT,
-        *OUTPUT,
-        *RUNTIME,
-    ],
+PASSES = Param(
+    "passes",
+    int,
+    None,
+    "1: single-pass sketch; k >= 2: k - 1 power iterations.",
+    low=1,
+    high=MAX_POWER_ITER + 1,
+)
+PLOT = _run_param(
+    "plot", str, None, "Write a scree and cumulative-energy plot (PNG) here.", path=True
+)
+
+
+def _options(*specs: Spec, only: tuple[str, ...] | None = None, **defaults: Any) -> list[Param]:
+    """The job keys of public functions' declarations (library-only ones left out). A name
+    declared by several functions with different defaults gets None: each function then
+    uses its own. ``defaults`` are the command's own."""
+    merged: dict[str, Param] = {}
+    for spec in specs:
+        for p in spec.params:
+            if p.role == "api" or (only is not None and p.name not in only):
+                continue
+            if p.name in merged and merged[p.name].default != p.default:
+                p = replace(p, default=None, help=p.help + " (default: the algorithm's)")
+            merged[p.name] = replace(p, default=defaults.get(p.name, p.default))
+    return list(merged.values())
+
+
+def _command(*own: Param) -> list[Param]:
+    """A command's options: its own, then the shared input, output and runtime ones."""
+    names = {p.name for p in own}
+    return [*own, *[p for p in INPUT + OUTPUT + RUNTIME if p.name not in names]]
+
+
+#: Each command's options, derived from the declarations of the functions it calls.
+COMMANDS: dict[str, list[Param]] = {
+    "svd": _command(*_options(RANDOMIZED_SVD, SKETCH_SVD), PASSES),
+    "factorize": _command(*_options(FACTORIZE)),
+    "nmf": _command(*_options(NMF)),
+    "spectrum": _command(
+        *_options(
+            RANDOMIZED_SVD,
+            only=("rank", "n_power_iter", "n_oversamples", "seed", "layout", "memory", "timeout"),
+            rank=50,
+        ),
+        PLOT,
+    ),
 }
 #: Keys every job file has besides the command's options.
 JOB_KEYS = ("command", "input", "out")
@@ -148,32 +156,59 @@ def _closest(name: str, valid: list[str]) -> str:
     return f"; did you mean `{match[0]}`?" if match else f"; valid keys: {', '.join(valid)}"
 
 
-def _coerce(opt: Option, value: Any, where: str) -> Any:
+def _coerce(opt: Param, value: Any, where: str) -> Any:
+    """A job file's (or a flag's) value in the type the declaration parses, then parsed."""
     if value is None:
-        return None
-    kind = opt.type
-    ok = {
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-        bool: isinstance(value, bool),
-        dict: isinstance(value, dict),
-    }.get(kind, False)
-    if kind is dict and isinstance(value, str):
-        try:
-            value, ok = json.loads(value), True
-        except json.JSONDecodeError:
-            ok = False
-        ok = ok and isinstance(value, dict)
-    if not ok and kind is float and isinstance(value, str):
+        return opt.parse(None)
+    kind = opt.kind
+    if kind is float and isinstance(value, str):
         try:  # YAML reads 1e-10 (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
-    if not ok:
-        name = getattr(kind, "__name__", str(kind))
-        raise ParameterError(f"{where}`{opt.name}` must be of type {name}; got {value!r}")
+    if kind is dict and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if kind == "sketch_size" and isinstance(value, str):  # a flag: "K" or "K,S"
+        try:
+            value = [int(v) for v in value.split(",")]
+        except ValueError:
+            pass
+        value = value[0] if isinstance(value, list) and len(value) == 1 else value
+    if kind in ("seed", "checkpoint"):  # a file holds an int seed and a folder
+        want = int if kind == "seed" else str
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ParameterError(
+                f"{where}`{opt.name}` must be of type {want.__name__}; got {value!r}"
+            )
+    try:
+        value = opt.parse(value)
+    except ParameterError as exc:
+        raise ParameterError(f"{where}{exc}") from None
     return float(value) if kind is float else value
+
+
+def _aliases(command: str, data: dict, where: str) -> dict:
+    """Deprecated keys renamed (with a warning); unset ones (None) dropped."""
+    data = dict(data)
+    for opt in COMMANDS[command]:
+        for old in opt.aliases:
+            if old not in data:
+                continue
+            value = data.pop(old)
+            if value is None:
+                continue
+            if data.get(opt.name) not in (None, opt.default):
+                raise ParameterError(f"{where}give `{opt.name}` or its old name `{old}`, not both")
+            warnings.warn(
+                f"{where}`{old}` is deprecated; use `{opt.name}` ({opt.flag} on the command line)",
+                DlowrankWarning,
+                stacklevel=3,
+            )
+            data[opt.name] = value
+    return data
 
 
 @dataclass(frozen=True)
@@ -187,7 +222,7 @@ class JobConfig:
 
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "") -> JobConfig:
-        """Validate a job dict: the command, required keys, unknown keys, types."""
+        """Validate a job dict: the command, required keys, unknown keys, types, bounds."""
         if not isinstance(data, dict):
             raise ParameterError(
                 f"{where}a job must be a mapping of keys to values; got {type(data).__name__}"
@@ -197,6 +232,7 @@ class JobConfig:
             raise ParameterError(
                 f"{where}`command` must be one of {', '.join(COMMANDS)}; got {command!r}"
             )
+        data = _aliases(command, data, where)
         options = {o.name: o for o in COMMANDS[command]}
         valid = list(JOB_KEYS) + list(options)
         for key in data:
@@ -219,16 +255,7 @@ class JobConfig:
 
 
 #: Job keys that name local files or folders: relative ones resolve against the job file.
-PATH_KEYS = (
-    "input",
-    "out",
-    "checkpoint",
-    "plot",
-    "scheduler_file",
-    "tls_ca_file",
-    "tls_cert",
-    "tls_key",
-)
+PATH_KEYS = ("input", "out", *sorted({p.name for ps in COMMANDS.values() for p in ps if p.path}))
 
 
 def _resolve_paths(data: dict, folder: str, where: str) -> dict:
@@ -294,8 +321,8 @@ class Outcome:
 
 def _job_params(cfg: JobConfig) -> dict:
     """The options that decide the result (not where or how it runs)."""
-    skip = {o.name for o in OUTPUT + RUNTIME} | {"plot"}
-    return {k: v for k, v in cfg.options.items() if k not in skip}
+    keep = {o.name for o in COMMANDS[cfg.command] if o.role == "result"}
+    return {k: v for k, v in cfg.options.items() if k in keep}
 
 
 def _already_done(cfg: JobConfig, fp: str) -> bool:
@@ -348,17 +375,14 @@ def preflight(cfg: JobConfig) -> Plan:
     data, replaceable only with ``overwrite``, writable), and the checkpoint
     (ours, and made by this very job unless ``restart``).
     """
-    from dlowrank.factorization import check_nmf_source
     from dlowrank.io.checkpoint import Checkpoint, fingerprint
-    from dlowrank.io.source import as_source
+    from dlowrank.io.source import open_source
     from dlowrank.io.store import check_output, check_scratch, is_own_result
 
     o = cfg.options
     so = o.get("storage_options")
-    source = as_source(cfg.input, storage_options=so)  # validates the input's metadata
-    _check_params(cfg, source.shape)
-    if cfg.command == "nmf":
-        check_nmf_source(source)
+    source = open_source(cfg.input, storage_options=so)  # validates the input's metadata
+    _check_params(cfg, source)
     fp = fingerprint(source)
     if cfg.out is not None and is_own_result(cfg.out, so) and _already_done(cfg, fp):
         return Plan(source, fp, None, {}, True, 0)
@@ -438,7 +462,6 @@ def run_job(
     """
     o = cfg.options
     settings = {
-        "dlowrank.pass-timeout": o.get("timeout"),
         "dlowrank.allow-missing-chunks": bool(o.get("allow_missing_chunks")),
         "dlowrank.verify-input": o.get("verify_input") or "listing",
         "dlowrank.connect-timeout": o.get("connect_timeout"),
@@ -539,105 +562,39 @@ def _after_failure(ckpt: Any, exc: BaseException) -> None:
             return
 
 
-def _check_params(cfg: JobConfig, shape: tuple[int, int]) -> None:
-    """Parameter rules that need the input's shape, checked before any work."""
-    from dlowrank.params import parse_int, parse_rank
-
-    o = cfg.options
-    if cfg.command == "svd":
-        if (o["rank"] is None) == (o["tol"] is None):
-            raise ParameterError(
-                f"give exactly one of `rank` and `tol`; got rank={o['rank']!r}, tol={o['tol']!r}"
-            )
-        if o["rank"] is not None:
-            parse_rank(o["rank"], shape)
-        if o["passes"] is not None:
-            parse_int(o["passes"], "passes", 1)
-            if o["passes"] == 1 and o["tol"] is not None:
-                raise ParameterError("`tol` needs the multi-pass algorithm; drop --passes 1")
-    else:
-        parse_rank(o["rank"], shape, required=True)
-    _check_options(cfg.command, o)
-
-
-def _check_options(command: str, o: dict) -> None:
-    """The value rules of every option, so that --dry-run catches what a run would."""
-    from dlowrank.params import (
-        MAX_ITER,
-        MAX_OVERSAMPLES,
-        MAX_POWER_ITER,
-        MAX_TIMEOUT,
-        MAX_WORKERS,
-        parse_choice,
-        parse_float,
-        parse_int,
-        parse_memory,
-    )
-
-    ints = {
-        "n_power_iter": (0, MAX_POWER_ITER),
-        "n_oversamples": (0, MAX_OVERSAMPLES),
-        "max_rank": (1, None),
-        "sketch_size": (1, None),
-        "max_iter": (1, MAX_ITER),
-        "passes": (1, MAX_POWER_ITER + 1),
-        "workers": (0, MAX_WORKERS),
-        "threads_per_worker": (1, MAX_WORKERS),
-    }
-    for name, (low, high) in ints.items():
-        if o.get(name) is not None:
-            parse_int(o[name], name, low, high)
-    for name in ("timeout", "connect_timeout", "no_workers_timeout"):
-        if o.get(name) is not None:
-            parse_float(o[name], name, low=0.0, high=MAX_TIMEOUT, low_open=True)
-    if o.get("memory_limit") is not None:
-        parse_memory(o["memory_limit"])
-    if o.get("weight_decay") is not None:
-        parse_float(o["weight_decay"], "weight_decay", low=0.0)
-    if o.get("tol") is not None:
-        if command == "svd":
-            parse_float(o["tol"], "tol", low=0.0, high=1.0, low_open=True, high_open=True)
-        else:
-            parse_float(o["tol"], "tol", low=0.0)
-    if o.get("seed") is not None:
-        parse_int(o["seed"], "seed", 0)
-    if o.get("verify_input") is not None:
-        from dlowrank.io.inventory import VERIFY_MODES
-
-        parse_choice(o["verify_input"], "verify_input", VERIFY_MODES)
-    if command == "factorize":
-        parse_choice(o["method"], "method", ("als", "gd"))
-        parse_choice(o["missing"], "missing", (None, "nan"))
-        parse_choice(o["init"], "init", (None, "svd", "random"))
-    if command == "nmf":
-        parse_choice(o["solver"], "solver", ("hals", "mu"))
-        parse_choice(o["init"], "init", ("nndsvd", "nndsvda", "random"))
-
-
-def _svd_call(cfg: JobConfig, client: Any, ckpt: str | None, progress: Any) -> Any:
+def _target(cfg: JobConfig) -> tuple[Callable, Spec, dict]:
+    """The public function a job calls, its declaration, and the job's values for it
+    (unset ones left out: the function's own defaults apply)."""
+    from dlowrank.factorization import factorize, nmf
     from dlowrank.streaming import randomized_svd, sketch_svd
 
     o = cfg.options
-    common = {
-        "seed": o["seed"],
-        "client": client,
-        "checkpoint": ckpt,
-        "progress": progress,
-        "storage_options": o.get("storage_options"),
-    }
-    if o["passes"] == 1:
-        return sketch_svd(cfg.input, o["rank"], sketch_size=o["sketch_size"], **common)
-    q = o["passes"] - 1 if o["passes"] is not None else o["n_power_iter"]
-    return randomized_svd(
-        cfg.input,
-        o["rank"],
-        tol=o["tol"],
-        max_rank=o["max_rank"],
-        n_power_iter=q,
-        n_oversamples=o["n_oversamples"],
-        symmetric=o["symmetric"],
-        **common,
-    )
+    single = cfg.command == "svd" and o.get("passes") == 1
+    fn, spec = {
+        "factorize": (factorize, FACTORIZE),
+        "nmf": (nmf, NMF),
+        "spectrum": (randomized_svd, RANDOMIZED_SVD),
+        "svd": (sketch_svd, SKETCH_SVD) if single else (randomized_svd, RANDOMIZED_SVD),
+    }[cfg.command]
+    kwargs = {k: o[k] for k in spec.names if o.get(k) is not None}
+    if cfg.command == "svd" and (o.get("passes") or 1) > 1:
+        kwargs["n_power_iter"] = o["passes"] - 1
+    return fn, spec, kwargs
+
+
+def _check_params(cfg: JobConfig, source: Any) -> None:
+    """The function's own rules against the input (shape, kind), before any work: the
+    same declaration and checks the function applies when it runs."""
+    o = cfg.options
+    if cfg.command == "svd" and o.get("passes") == 1 and o.get("max_error") is not None:
+        raise ParameterError("`max_error` needs the multi-pass algorithm; drop --passes 1")
+    _, spec, kwargs = _target(cfg)
+    spec.validate(kwargs, source)
+
+
+def _call(cfg: JobConfig, **runtime: Any) -> Any:
+    fn, _, kwargs = _target(cfg)
+    return fn(cfg.input, **{**kwargs, **runtime})
 
 
 def _publish(result: Any, cfg: JobConfig, fp: str) -> Any:
@@ -670,33 +627,22 @@ def _summary(result: Any, cfg: JobConfig) -> dict:
 
 
 def _run_svd(cfg, client, ckpt, progress, fp, say) -> dict:
-    result = _publish(_svd_call(cfg, client, ckpt, progress), cfg, fp)
+    result = _publish(_call(cfg, client=client, checkpoint=ckpt, progress=progress), cfg, fp)
     return _summary(result, cfg)
 
 
 def _run_spectrum(cfg, client, ckpt, progress, fp, say) -> dict:
-    from dlowrank.api import spectrum_summary
-    from dlowrank.streaming import randomized_svd
+    from dlowrank.spectrum import spectrum_summary
 
     o = cfg.options
-    r = randomized_svd(
-        cfg.input,
-        o["rank"],
-        n_power_iter=o["n_power_iter"],
-        n_oversamples=o["n_oversamples"],
-        seed=o["seed"],
-        client=client,
-        checkpoint=ckpt,
-        progress=progress,
-        storage_options=o.get("storage_options"),
-    )
+    r = _call(cfg, client=client, checkpoint=ckpt, progress=progress)
     s = np.asarray(r.s, dtype=np.float64)
     # ||A||_F^2 from the exact error of the rank-k result: sum s^2 = (1 - err^2) ||A||_F^2
     total = _total_energy(s, r.rel_error)
     shape = r.input["shape"]
     summary = spectrum_summary(s, full_rank=min(shape), total_energy=total)
     if o.get("plot"):
-        from dlowrank.plots import plot_spectrum
+        from dlowrank.app.plots import plot_spectrum
 
         plot_spectrum(s, total, o["plot"], title=os.path.basename(cfg.input.rstrip("/")))
     if cfg.out:
@@ -716,22 +662,8 @@ def _run_spectrum(cfg, client, ckpt, progress, fp, say) -> dict:
 
 
 def _run_factorization(cfg, client, ckpt, progress, fp, say) -> dict:
-    """factorize or nmf: the job's own options (those of the command's schema) pass through."""
-    from dlowrank.factorization import factorize, nmf
-
-    o = cfg.options
-    own = {opt.name for opt in COMMANDS[cfg.command]} - {x.name for x in INPUT + OUTPUT + RUNTIME}
-    kwargs = {k: o[k] for k in own if k != "rank"}
-    call = factorize if cfg.command == "factorize" else nmf
-    r = call(
-        cfg.input,
-        o["rank"],
-        client=client,
-        checkpoint=ckpt,
-        progress=progress,
-        storage_options=o.get("storage_options"),
-        **kwargs,
-    )
+    """factorize or nmf: the job's options pass through to the function."""
+    r = _call(cfg, client=client, checkpoint=ckpt, progress=progress)
     r = _publish(r, cfg, fp)
     return {
         **_summary(r, cfg),
@@ -745,7 +677,7 @@ def _run_factorization(cfg, client, ckpt, progress, fp, say) -> dict:
 
 def _replot(cfg: JobConfig) -> None:
     """Draw the spectrum plot of a stored spectrum result (a rerun with a new --plot)."""
-    from dlowrank.plots import plot_spectrum
+    from dlowrank.app.plots import plot_spectrum
     from dlowrank.results import load
 
     r = load(cfg.out, storage_options=cfg.options.get("storage_options"))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dlowrank.bench import PeakMemory
+from dlowrank.app.bench import PeakMemory
 
 
 def nmf_matrix(m: int, n: int, rank: int, seed: int) -> np.ndarray:
@@ -216,8 +216,8 @@ def bench_gd_vs_als(
     """Passes until ||U V^T - X*||_F <= 1e-4 ||X*||_F, X* = svt(A, weight_decay)."""
     import dlowrank
     from dlowrank.algorithms import factorize as fz
-    from dlowrank.io.source import as_source
-    from dlowrank.passes import PassEngine
+    from dlowrank.engine.passes import PassEngine
+    from dlowrank.io.source import open_source
 
     say(f"gd vs als: {m} x {n}, decaying spectrum, weight decay {weight_decay}")
     # s_i = 0.9^i: 22 singular values exceed 0.1, so rank 25 can reach the optimum; the
@@ -240,7 +240,7 @@ def bench_gd_vs_als(
 
     rows = []
     for name, init in (("als", "svd"), ("als", "random"), ("gd", "random")):
-        engine = PassEngine(as_source(a), layout="panel")
+        engine = PassEngine(open_source(a), layout="panel")
         seq = np.random.SeedSequence(seed)
         if init == "svd":
             u, s, vt = fz.svd_init(engine, rank, seq)

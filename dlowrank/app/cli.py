@@ -325,7 +325,7 @@ def info(url: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
 def demo(shape: tuple[int, int], rank: int, seed: int, as_json: bool) -> None:
     """Generate a matrix in a temporary Zarr store, approximate it, verify the result."""
-    from dlowrank.demo import run_demo
+    from dlowrank.app.demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix="dlowrank-demo-") as tmp:
         summary = run_demo(os.path.join(tmp, "a.zarr"), tuple(shape), rank, seed)
@@ -413,11 +413,11 @@ def bench(
 
     --suite factorization runs the NMF, matrix-completion and GD-vs-ALS targets.
     """
-    from dlowrank.bench import format_table, rows_to_dicts, run_bench
+    from dlowrank.app.bench import format_table, rows_to_dicts, run_bench
 
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     if suite == "throughput":
-        from dlowrank.bench import bench_throughput
+        from dlowrank.app.bench import bench_throughput
 
         if input is None:
             raise click.UsageError("--suite throughput needs INPUT (a Zarr matrix)")
@@ -431,7 +431,7 @@ def bench(
                 )
         return
     if suite == "factorization":
-        from dlowrank.bench_factor import format_factorization, run_factorization_bench
+        from dlowrank.app.bench_factor import format_factorization, run_factorization_bench
 
         results = run_factorization_bench(workdir=workdir, scale=scale, say=say)
         if as_json:
@@ -500,7 +500,7 @@ def _peak_memory_mb() -> float:
 
 
 def _run_and_report(cfg: Any, dry_run: bool, as_json: bool, quiet: bool) -> None:
-    from dlowrank.jobs import run_job
+    from dlowrank.app.jobs import run_job
 
     start = time.perf_counter()
     say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
@@ -546,24 +546,51 @@ def _run_and_report(cfg: Any, dry_run: bool, as_json: bool, quiet: bool) -> None
                 )
 
 
-def _click_option(opt: Any) -> click.Option:
-    from dlowrank.jobs import Option
+def _click_type(opt: Any) -> Any:
+    """The click type of a declared parameter (values are parsed by the declaration)."""
+    return {int: int, float: float, "seed": int}.get(opt.kind, str)
 
-    assert isinstance(opt, Option)
-    if opt.type is bool:
-        return click.Option([opt.flag], is_flag=True, default=False, help=opt.help)
-    kind = {int: int, float: float, str: str, dict: str}[opt.type]
-    return click.Option(
-        [opt.flag],
-        type=kind,
-        default=opt.default,
-        help=opt.help,
-        show_default=opt.default is not None,
-    )
+
+def _metavar(opt: Any) -> str | None:
+    """Choices are shown in the help, and checked by the declaration (one-line errors)."""
+    if isinstance(opt.kind, tuple):
+        return "[" + "|".join(c for c in opt.kind if c is not None) + "]"
+    return None
+
+
+def _click_option(opt: Any, *, override: bool = False) -> list[click.Option]:
+    """The flag of a declared parameter, and hidden flags for its deprecated names.
+    ``override`` (for ``run``): an unset flag is None and changes nothing."""
+    names = [opt.flag, *(f"--{old.replace('_', '-')}" for old in opt.aliases)]
+    out = []
+    for flag in names:
+        hidden = flag != opt.flag
+        help = opt.help if not hidden else f"Deprecated: use {opt.flag}."
+        if opt.kind is bool:
+            default = None if override else False
+            out.append(
+                click.Option(
+                    [flag], is_flag=True, flag_value=True, default=default, help=help, hidden=hidden
+                )
+            )
+            continue
+        default = None if override or hidden else opt.default
+        out.append(
+            click.Option(
+                [flag],
+                type=_click_type(opt),
+                metavar=_metavar(opt),
+                default=default,
+                help=help,
+                hidden=hidden,
+                show_default=default is not None,
+            )
+        )
+    return out
 
 
 def _job_command(name: str, doc: str) -> click.Command:
-    from dlowrank.jobs import COMMANDS, JobConfig
+    from dlowrank.app.jobs import COMMANDS, JobConfig
 
     def callback(
         input: str, out: str | None, dry_run: bool, as_json: bool, quiet: bool, **options: Any
@@ -579,7 +606,7 @@ def _job_command(name: str, doc: str) -> click.Command:
         ),
         click.Option(["--json", "as_json"], is_flag=True, help="Print a one-line JSON summary."),
         click.Option(["--quiet", "-q"], is_flag=True, help="No progress output."),
-        *[_click_option(o) for o in COMMANDS[name]],
+        *[flag for o in COMMANDS[name] for flag in _click_option(o)],
     ]
     return click.Command(name, callback=callback, params=params, help=doc)
 
@@ -613,16 +640,8 @@ main.add_command(
 )
 
 
-def _override_option(opt: Any) -> click.Option:
-    """A flag of ``run`` that overrides the job file's key; unset flags change nothing."""
-    if opt.type is bool:
-        return click.Option([opt.flag], is_flag=True, flag_value=True, default=None, help=opt.help)
-    kind = {int: int, float: float, str: str, dict: str}[opt.type]
-    return click.Option([opt.flag], type=kind, default=None, help=opt.help)
-
-
 def _run_command() -> click.Command:
-    from dlowrank.jobs import INPUT, OUTPUT, RUNTIME, load_job_file
+    from dlowrank.app.jobs import INPUT, OUTPUT, RUNTIME, load_job_file
 
     def callback(job_file: str, dry_run: bool, as_json: bool, quiet: bool, **flags: Any) -> None:
         overrides = {k: v for k, v in flags.items() if v is not None}
@@ -635,7 +654,7 @@ def _run_command() -> click.Command:
         ),
         click.Option(["--json", "as_json"], is_flag=True, help="Print a one-line JSON summary."),
         click.Option(["--quiet", "-q"], is_flag=True, help="No progress output."),
-        *[_override_option(o) for o in INPUT + OUTPUT + RUNTIME],
+        *[flag for o in INPUT + OUTPUT + RUNTIME for flag in _click_option(o, override=True)],
     ]
     return click.Command(
         "run",

@@ -27,11 +27,11 @@ import dask.array as da
 import numpy as np
 import psutil
 
+from dlowrank.engine.passes import PassEngine
 from dlowrank.generate import generate
 from dlowrank.io.matrix import open_matrix
-from dlowrank.io.source import as_source
+from dlowrank.io.source import open_source
 from dlowrank.kernels import passkernels
-from dlowrank.passes import PassEngine
 from dlowrank.streaming import randomized_svd, sketch_svd
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class PeakMemory:
 
 def true_error(url: str, u: np.ndarray, s: np.ndarray, vt: np.ndarray, client: Any) -> float:
     """||A - U diag(s) V^T||_F / ||A||_F by one (untimed) pass over the stored A."""
-    engine = PassEngine(as_source(url), layout="panel", client=client)
+    engine = PassEngine(open_source(url), layout="panel", client=client)
     if engine.transpose:
         u, vt = vt.T, u.T
     out = engine.run(
@@ -324,7 +324,7 @@ def bench_throughput(
                     )
                 )
                 client = stack.enter_context(Client(cluster))
-            engine = PassEngine(as_source(url), layout="panel", client=client)
+            engine = PassEngine(open_source(url), layout="panel", client=client)
             best = min(_timed(lambda e=engine: e.run(_bare_pass))[1] for _ in range(repeat))
         rows.append({"scheduler": sched, "seconds": best, "mb_per_s": nbytes / 1e6 / best})
     return rows

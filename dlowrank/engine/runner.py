@@ -1,0 +1,231 @@
+"""The runner: what every public streaming computation needs around its algorithm.
+
+A :class:`Run` parses the call's parameters against the function's declaration
+(:class:`dlowrank.params.Spec`), opens the input once (:func:`open_source`, the
+one opener), checks the input-dependent rules, builds the pass engine, attaches
+the checkpoint, and makes the result with its provenance (passes, parameters,
+seed, input, seconds). A public function is then: declare, ``Run(...)``, call an
+algorithm on ``run.engine``, ``run.svd(...)`` (or ``eigh``, ``factorization``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from dlowrank.engine.passes import PassEngine
+from dlowrank.io.source import input_info, open_source
+from dlowrank.kernels import exact
+from dlowrank.params import MAX_TIMEOUT, Param, Spec, parse_seed, seed_record
+
+logger = logging.getLogger(__name__)
+
+# --- the parameters every streaming function shares (declared once) -------------------------
+
+SEED = Param(
+    "seed",
+    "seed",
+    0,
+    "Seed (an int >= 0; in Python also a SeedSequence, or None for fresh entropy). Random "
+    "numbers depend on the seed and the global index only: the same seed gives the same "
+    "result for any chunking, workers or task order.",
+)
+CLIENT = Param(
+    "client",
+    "object",
+    None,
+    "A distributed.Client to run on; default: dask's current scheduler.",
+    role="api",
+)
+LAYOUT = Param(
+    "layout",
+    ("auto", "panel", "block"),
+    "auto",
+    "panel: tasks read whole row panels (A^T A in one read); block: chunk by chunk; "
+    "auto: panels when one fits the memory budget.",
+    role="run",
+)
+STORAGE_OPTIONS = Param(
+    "storage_options",
+    dict,
+    None,
+    "fsspec options for the input and the output (JSON on the command line).",
+    role="run",
+)
+CHECKPOINT = Param(
+    "checkpoint",
+    "checkpoint",
+    None,
+    "Folder where each completed pass is saved; a rerun with the same input and "
+    "parameters resumes from it (jobs: default OUT.checkpoint beside OUT).",
+    role="run",
+    path=True,
+)
+PROGRESS = Param(
+    "progress",
+    "object",
+    None,
+    "A callable receiving a PassEvent as passes start, progress and end.",
+    role="api",
+)
+TIMEOUT = Param(
+    "timeout",
+    float,
+    None,
+    "Fail (exit 4) when one pass takes longer (seconds); default on a cluster: "
+    "20 times the first pass, at least 600.",
+    low=0.0,
+    high=MAX_TIMEOUT,
+    low_open=True,
+    role="run",
+)
+MEMORY = Param(
+    "memory",
+    "memory",
+    None,
+    "Memory budget of one task, e.g. 1GB: row panels take up to half of it (at most "
+    "256 MB), and A is read chunk by chunk when a chunk row exceeds it; default: 1 GiB, "
+    "or a quarter of the smallest worker's memory_limit.",
+    role="run",
+)
+#: Engine parameters of every streaming function (factorizations fix the layout).
+ENGINE = (CLIENT, STORAGE_OPTIONS, CHECKPOINT, PROGRESS, TIMEOUT, MEMORY)
+
+
+class Run:
+    """One public computation: its parsed parameters, source, engine, seed and timer.
+
+    ``Run(spec, a, **values)`` does every check before any pass; ``params`` is what
+    the result and the checkpoint record (``spec.check``'s output, plus the engine's
+    layout for functions that declare one).
+    """
+
+    def __init__(self, spec: Spec, a: Any, **values: Any) -> None:
+        self.start = time.perf_counter()
+        self.spec, self.a = spec, a
+        v = spec.parse(values)
+        self.values = v
+        self.source = open_source(a, storage_options=v.get("storage_options"))
+        params = spec.check(v, self.source) if spec.check is not None else {}
+        checkpoint = v.get("checkpoint")
+        self.engine = PassEngine(
+            self.source,
+            layout=v.get("layout", "panel"),
+            client=v.get("client"),
+            progress=v.get("progress"),
+            timeout=v.get("timeout"),
+            memory=v.get("memory"),
+            fingerprint=getattr(checkpoint, "meta", {}).get("input_fingerprint"),
+            missing=v.get("missing") == "nan",
+        )
+        if "layout" in v:
+            params["layout"] = self.engine.layout
+        self.params = params
+        self.seed = parse_seed(v.get("seed"))
+        self._attach_checkpoint(checkpoint)
+
+    def _attach_checkpoint(self, checkpoint: Any) -> None:
+        """Resume from (and save to) ``checkpoint``: a URL, a Checkpoint, or None."""
+        if checkpoint is None:
+            return
+        from dlowrank import __version__
+        from dlowrank.io.checkpoint import Checkpoint
+
+        if not isinstance(checkpoint, Checkpoint):
+            meta = {
+                "algorithm": self.spec.name,
+                "version": __version__,  # passes saved by other code are not mixed in
+                "input_fingerprint": self.engine.input_fingerprint,
+                "params": self.params,
+                "seed": seed_record(self.seed),
+            }
+            checkpoint = Checkpoint(
+                checkpoint, meta, storage_options=self.values.get("storage_options")
+            )
+        done = checkpoint.open()
+        if done:
+            logger.info("resuming from %s: %d completed pass(es)", checkpoint.url, done)
+        self.engine.checkpoint = checkpoint
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.source.dtype
+
+    def _provenance(self, algorithm: str | None, params: dict | None) -> dict:
+        return {
+            "passes": self.engine.passes,
+            "restored_passes": self.engine.restored,
+            "algorithm": algorithm or self.spec.name,
+            "params": {**self.params, **(params or {})},
+            "seed": seed_record(self.seed),
+            "input": input_info(self.source, self.a),
+            "seconds": time.perf_counter() - self.start,
+        }
+
+    def svd(
+        self,
+        u: np.ndarray,
+        s: np.ndarray,
+        vt: np.ndarray,
+        rel_error: float,
+        *,
+        error_kind: str = "exact",
+        algorithm: str | None = None,
+        params: dict | None = None,
+    ) -> Any:
+        """An SVDResult from tall-oriented factors: transposition undone, the package's
+        sign convention, A's dtype."""
+        from dlowrank.results import SVDResult
+
+        if self.engine.transpose:
+            u, vt = vt.T, u.T
+        u, vt = exact.sign_flip(u, vt)
+        dtype = self.dtype
+        return SVDResult(
+            u=u.astype(dtype),
+            s=s.astype(dtype),
+            vt=vt.astype(dtype),
+            rel_error=rel_error,
+            error_kind=error_kind,
+            **self._provenance(algorithm, params),
+        )
+
+    def eigh(
+        self,
+        w: np.ndarray,
+        v: np.ndarray,
+        rel_error: float,
+        *,
+        error_kind: str = "exact",
+        algorithm: str | None = None,
+        params: dict | None = None,
+    ) -> Any:
+        from dlowrank.results import EighResult
+
+        v, _ = exact.sign_flip(v)
+        return EighResult(
+            w=w.astype(self.dtype),
+            v=v.astype(self.dtype),
+            rel_error=rel_error,
+            error_kind=error_kind,
+            **self._provenance(algorithm, params),
+        )
+
+    def factorization(self, st: Any, *, algorithm: str) -> Any:
+        """A FactorizationResult from an algorithm's final state (tall orientation undone)."""
+        from dlowrank.results import FactorizationResult
+
+        u, v = (st.v, st.u) if self.engine.transpose else (st.u, st.v)
+        return FactorizationResult(
+            u=u.astype(self.dtype),
+            v=v.astype(self.dtype),
+            loss=np.asarray(st.loss),
+            n_iter=st.n_iter,
+            converged=st.converged,
+            rel_error=float(np.sqrt(st.residual2 / st.fro2)) if st.fro2 else 0.0,
+            error_kind="exact",
+            **self._provenance(algorithm, None),
+        )
