@@ -55,6 +55,23 @@ def _load_small(
     return arr, input_info(x, source)
 
 
+def _svd(u, s, vt, err: float, algorithm: str, params: dict, info: dict, start: float):
+    """An exact path's SVDResult, in the input's dtype: one read of A, an exact error."""
+    dtype = np.dtype(info["dtype"])
+    return SVDResult(
+        u=u.astype(dtype),
+        s=s.astype(dtype),
+        vt=vt.astype(dtype),
+        rel_error=err,
+        error_kind="exact",
+        passes=1,
+        algorithm=algorithm,
+        params=params,
+        input=info,
+        seconds=time.perf_counter() - start,
+    )
+
+
 def exact_svd(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYTES) -> SVDResult:
     """Exact truncated SVD in memory (LAPACK gesdd, gesvd if gesdd fails to converge).
 
@@ -96,19 +113,7 @@ def exact_svd(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYT
     arr, info = _load_small(x, a, max_bytes)
     u, s, vt = exact.svd(arr)
     err = exact.optimal_error(s, k).rel_frobenius
-    dtype = np.dtype(info["dtype"])
-    return SVDResult(
-        u=u[:, :k].astype(dtype),
-        s=s[:k].astype(dtype),
-        vt=vt[:k].astype(dtype),
-        rel_error=err,
-        error_kind="exact",
-        passes=1,
-        algorithm="exact_svd",
-        params={"rank": k},
-        input=info,
-        seconds=time.perf_counter() - start,
-    )
+    return _svd(u[:, :k], s[:k], vt[:k], err, "exact_svd", {"rank": k}, info, start)
 
 
 def exact_eigh(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYTES) -> EighResult:
@@ -212,16 +217,5 @@ def svt(
     kept = min(k, int(np.count_nonzero(shrunk)))
     total = float(np.sqrt(np.sum(s**2)))
     err = exact.svt_error(s, tau, kept) / total if total > 0 else 0.0
-    dtype = np.dtype(info["dtype"])
-    return SVDResult(
-        u=u[:, :kept].astype(dtype),
-        s=shrunk[:kept].astype(dtype),
-        vt=vt[:kept].astype(dtype),
-        rel_error=err,
-        error_kind="exact",
-        passes=1,
-        algorithm="svt",
-        params={"threshold": tau, "rank": k},
-        input=info,
-        seconds=time.perf_counter() - start,
-    )
+    params = {"threshold": tau, "rank": k}
+    return _svd(u[:, :kept], shrunk[:kept], vt[:kept], err, "svt", params, info, start)

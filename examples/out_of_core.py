@@ -17,9 +17,9 @@ import tempfile
 import time
 
 from _common import parser
-from distributed import Client, LocalCluster
 
 import dlowrank
+from dlowrank.runtime import local_cluster
 
 
 def _peak_rss() -> int:
@@ -42,16 +42,7 @@ def main() -> None:
             f"matrix {shape[0]} x {shape[1]}: {nbytes / 1e6:.0f} MB; worker limit "
             f"{limit / 1e6:.0f} MB ({nbytes / limit:.1f}x smaller than the matrix)"
         )
-        with (
-            LocalCluster(
-                n_workers=2,
-                threads_per_worker=1,
-                memory_limit=limit,
-                host="127.0.0.1",
-                dashboard_address=None,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
+        with local_cluster(2, threads_per_worker=1, memory_limit=limit) as client:
             ids = [w["id"] for w in client.scheduler_info()["workers"].values()]
             for name, call in (
                 ("randomized_svd q=2", dlowrank.randomized_svd),

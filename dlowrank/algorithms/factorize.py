@@ -24,8 +24,6 @@ from dlowrank.kernels import factor, passkernels, random
 
 logger = logging.getLogger(__name__)
 
-KEY_INIT_U, KEY_INIT_V = 10, 11
-
 
 @dataclass
 class State:
@@ -61,8 +59,8 @@ def random_init(
     """Small Gaussian factors, chunk-independent (global index) like every test matrix."""
     m, n = shape
     e, key = seed.entropy, tuple(seed.spawn_key)
-    u = random.gaussian_rows(e, key, KEY_INIT_U, m, k, 0, m) * scale
-    v = random.gaussian_rows(e, key, KEY_INIT_V, n, k, 0, n) * scale
+    u = random.gaussian_rows(e, key, random.Stream.INIT_U, m, k, 0, m) * scale
+    v = random.gaussian_rows(e, key, random.Stream.INIT_V, n, k, 0, n) * scale
     return u, v
 
 

@@ -94,11 +94,11 @@ def nystrom(
     out = engine.run(passkernels.nystrom_sketch, key, n, k, d)
     fro2 = engine.fro2
     y = np.concatenate(out.rows["y"])
-    omega = random.gaussian_rows(key[0], key[1], passkernels.KEY_OMEGA, n, k, 0, n)
+    omega = random.gaussian_rows(key[0], key[1], random.Stream.SKETCH_OMEGA, n, k, 0, n)
     _core(omega, y, dtype)  # A symmetric and PSD on the sketch, or refused
     w, v = _shifted_nystrom(y, omega, rank)
     e = np.concatenate(out.cols["e"], axis=1)
-    theta_v = _test_times(key, passkernels.KEY_THETA, n, d, v)  # Theta V
+    theta_v = _test_times(key, random.Stream.SKETCH_THETA, n, d, v)  # Theta V
     resid = e - (theta_v * w) @ v.T
     est = float(np.sqrt(np.sum(resid**2) / d / fro2)) if fro2 > 0 else 0.0
     return NystromFactors(w, v, est, error_interval(est, d))

@@ -34,7 +34,6 @@ from dlowrank.kernels import exact, passkernels, random
 
 logger = logging.getLogger(__name__)
 
-KEY_OMEGA = 0
 #: Largest cond(R) for which B = R^{-T} W^T replaces the extra projection pass.
 SAFE_COND = np.finfo(np.float64).eps ** -0.5
 
@@ -84,7 +83,9 @@ def range_sketch(
 ) -> Factors:
     """Q (m, width) and B = Q^T A in q + 1 passes (q + 2, or 2q + 2 in block layout)."""
     m, n = engine.tall_shape
-    omega = random.gaussian_rows(seed.entropy, tuple(seed.spawn_key), KEY_OMEGA, n, width, 0, n)
+    omega = random.gaussian_rows(
+        seed.entropy, tuple(seed.spawn_key), random.Stream.RSVD_OMEGA, n, width, 0, n
+    )
     x = _power_iterations(engine, orthonormalize(omega), n_power_iter)
     final = _final_panel if engine.layout == "panel" else _final_block
     q, b = final(engine, x)

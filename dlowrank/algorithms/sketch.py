@@ -67,8 +67,8 @@ def sketch(
     key = (seed.entropy, tuple(seed.spawn_key))
     right = np.hstack(
         [
-            random.gaussian_rows(key[0], key[1], passkernels.KEY_OMEGA, n, k, 0, n),
-            random.gaussian_rows(key[0], key[1], passkernels.KEY_PSI, n, s, 0, n),
+            random.gaussian_rows(key[0], key[1], random.Stream.SKETCH_OMEGA, n, k, 0, n),
+            random.gaussian_rows(key[0], key[1], random.Stream.SKETCH_PSI, n, s, 0, n),
         ]
     )
     out = engine.run(passkernels.three_sketch, key, m, right, k, d)
@@ -76,14 +76,14 @@ def sketch(
     q = orthonormalize(np.concatenate(out.rows["y"]))
     x = np.concatenate(out.cols["x"], axis=1)
     p = orthonormalize(x.T)
-    phi_q = _test_times(key, passkernels.KEY_PHI, m, s, q)  # (s, k)
+    phi_q = _test_times(key, random.Stream.SKETCH_PHI, m, s, q)  # (s, k)
     psi_p = right[:, k:].T @ p
     core = np.linalg.lstsq(phi_q, out.sums["z"], rcond=None)[0]
     core = np.linalg.lstsq(psi_p, core.T, rcond=None)[0].T  # (k, k)
     uc, sc, vct = exact.svd(core)
     u, sv, vt = q @ uc[:, :rank], sc[:rank], (p @ vct[:rank].T).T
     e = np.concatenate(out.cols["e"], axis=1)
-    theta_q = _test_times(key, passkernels.KEY_UPSILON, m, k + d, q)[k:]  # (d, k)
+    theta_q = _test_times(key, random.Stream.SKETCH_UPSILON, m, k + d, q)[k:]  # (d, k)
     resid = e - theta_q @ (uc[:, :rank] * sv) @ vt
     est = float(np.sqrt(np.sum(resid**2) / d / fro2)) if fro2 > 0 else 0.0
     return SketchFactors(u, sv, vt, est, error_interval(est, d), fro2)

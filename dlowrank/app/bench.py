@@ -131,18 +131,9 @@ def _scheduler(name: str, workers: int) -> Iterator[Any]:
         with dask.config.set(scheduler="threads"):
             yield None
         return
-    from distributed import Client, LocalCluster
+    from dlowrank.runtime import local_cluster
 
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(workers, threads_per_worker=1) as client:
         yield client
 
 
@@ -311,19 +302,10 @@ def bench_throughput(
         with contextlib.ExitStack() as stack:
             client = None
             if sched != "threads":
-                from distributed import Client, LocalCluster
+                from dlowrank.runtime import local_cluster
 
                 n = int(sched.split()[0])
-                cluster = stack.enter_context(
-                    LocalCluster(
-                        n_workers=n,
-                        threads_per_worker=1,
-                        processes=True,
-                        host="127.0.0.1",
-                        dashboard_address=None,
-                    )
-                )
-                client = stack.enter_context(Client(cluster))
+                client = stack.enter_context(local_cluster(n, threads_per_worker=1))
             engine = PassEngine(open_source(url), layout="panel", client=client)
             best = min(_timed(lambda e=engine: e.run(_bare_pass))[1] for _ in range(repeat))
         rows.append({"scheduler": sched, "seconds": best, "mb_per_s": nbytes / 1e6 / best})

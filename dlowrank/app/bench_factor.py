@@ -84,22 +84,13 @@ def bench_nmf(
     say("nmf: dlowrank hals on Zarr, capped workers")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         import dask.array as da
-        from distributed import Client, LocalCluster
+
+        from dlowrank.runtime import local_cluster
 
         path = os.path.join(tmp, "nmf.zarr")
         da.from_array(a, chunks=(2_500, n)).to_zarr(path)
         limit = max(a.nbytes // 4, 300_000_000)
-        with (
-            LocalCluster(
-                n_workers=2,
-                threads_per_worker=1,
-                memory_limit=limit,
-                host="127.0.0.1",
-                dashboard_address=None,
-            ) as cluster,
-            Client(cluster) as client,
-            PeakMemory() as mem,
-        ):
+        with local_cluster(2, 1, limit) as client, PeakMemory() as mem:
             start = time.perf_counter()
             rz = dlowrank.nmf(path, rank, max_iter=budget, tol=0.0, seed=seed, client=client)
             seconds = time.perf_counter() - start

@@ -158,6 +158,19 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def _chunks_option(default: tuple[int, int] | None, help: str) -> Any:
+    """The ``--chunks R C`` option of the commands that write a matrix."""
+    return click.option(
+        "--chunks",
+        nargs=2,
+        type=int,
+        default=default,
+        show_default=default is not None,
+        metavar="R C",
+        help=help,
+    )
+
+
 @main.command()
 @click.argument("out")
 @click.option("--shape", nargs=2, type=int, required=True, metavar="M N", help="Rows and columns.")
@@ -177,14 +190,7 @@ def _json_default(obj: Any) -> Any:
 )
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Largest singular value.")
 @click.option("--noise", type=float, default=None, help="Std of iid Gaussian noise per entry.")
-@click.option(
-    "--chunks",
-    nargs=2,
-    type=int,
-    default=None,
-    metavar="R C",
-    help="Chunk shape (default: dask's auto).",
-)
+@_chunks_option(None, "Chunk shape (default: dask's auto).")
 @click.option(
     "--dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True
 )
@@ -349,15 +355,7 @@ def demo(shape: tuple[int, int], rank: int, seed: int, as_json: bool) -> None:
     metavar="M N",
     help="Size of the generated matrix when no INPUT is given.",
 )
-@click.option(
-    "--chunks",
-    nargs=2,
-    type=int,
-    default=(10_000, 2_000),
-    show_default=True,
-    metavar="R C",
-    help="Chunks of the generated matrix.",
-)
+@_chunks_option((10_000, 2_000), "Chunks of the generated matrix.")
 @click.option("--rank", type=int, default=20, show_default=True)
 @click.option("--n-oversamples", type=int, default=10, show_default=True)
 @click.option("--n-power-iter", type=int, default=2, show_default=True)
@@ -672,14 +670,7 @@ main.add_command(_run_command())
 @main.command()
 @click.argument("input")
 @click.option("--out", required=True, help="The Zarr array to write (path or URL).")
-@click.option(
-    "--chunks",
-    nargs=2,
-    type=int,
-    default=None,
-    metavar="R C",
-    help="Chunk shape (default: dask's auto; CSV: 10000 rows, all columns).",
-)
+@_chunks_option(None, "Chunk shape (default: dask's auto; CSV: 10000 rows, all columns).")
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float64"]),

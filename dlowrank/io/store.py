@@ -350,10 +350,7 @@ def _publish_local(
                 os.rename(tmp, dest)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                    raise OutputExistsError(
-                        f"output {dest} appeared while the result was written; "
-                        "choose another path or pass --overwrite"
-                    ) from None
+                    raise _appeared(dest) from None
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -376,10 +373,7 @@ def _publish_remote(
         write(f"{protocol}://{tmp_path}")
         if fs.exists(path):
             if not overwrite:
-                raise OutputExistsError(
-                    f"output {url} appeared while the result was written; "
-                    "choose another path or pass --overwrite"
-                )
+                raise _appeared(url)
             if not is_own_result(url, storage_options):
                 raise UnsafeOutputError(
                     f"output {url} changed while the result was written and no longer "
@@ -466,20 +460,21 @@ def _write_pointer(fs, path: str, data: bytes, overwrite: bool, tag: str) -> Non
                 try:
                     os.link(tmp, target)  # atomic create-if-absent
                 except FileExistsError:
-                    raise OutputExistsError(
-                        f"output {path} appeared while the result was written; "
-                        "choose another path or pass --overwrite"
-                    ) from None
+                    raise _appeared(path) from None
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return
     if not overwrite and fs.exists(target):
-        raise OutputExistsError(
-            f"output {path} appeared while the result was written; "
-            "choose another path or pass --overwrite"
-        )
+        raise _appeared(path)
     fs.pipe_file(target, data)  # one PUT: atomic on object stores
+
+
+def _appeared(path: str) -> OutputExistsError:
+    return OutputExistsError(
+        f"output {path} appeared while the result was written; "
+        "choose another path or pass --overwrite"
+    )
 
 
 def _versions(fs, path: str) -> list[str]:

@@ -101,8 +101,6 @@ def adjoint_block(block, rows, cols, y) -> dict:
 
 # --- single-pass sketch (Tropp, Yurtsever, Udell, Cevher 2019) -----------------------
 
-KEY_OMEGA, KEY_UPSILON, KEY_PHI, KEY_PSI, KEY_THETA = 1, 2, 3, 4, 5
-
 
 def _test_rows(seed: tuple, key: int, n_rows: int, width: int, span: tuple[int, int]) -> np.ndarray:
     entropy, spawn_key = seed
@@ -120,8 +118,10 @@ def three_sketch(block, rows, cols, seed, m, right, k, d) -> dict:
     """
     a = _f64(block)
     s = right.shape[1] - k
-    left = _test_rows(seed, KEY_UPSILON, m, k + d, rows)  # [Upsilon^T | Theta^T] rows
-    phi = _test_rows(seed, KEY_PHI, m, s, rows)
+    left = _test_rows(
+        seed, random.Stream.SKETCH_UPSILON, m, k + d, rows
+    )  # [Upsilon^T | Theta^T] rows
+    phi = _test_rows(seed, random.Stream.SKETCH_PHI, m, s, rows)
     ar = np.asarray(a @ right[cols[0] : cols[1]])  # one GEMM for Y and A Psi^T
     la = _left(left.T, a)  # one GEMM for X and E
     sums = {"z": phi.T @ ar[:, k:]}
@@ -134,8 +134,8 @@ def three_sketch(block, rows, cols, seed, m, right, k, d) -> dict:
 def nystrom_sketch(block, rows, cols, seed, n, k, d) -> dict:
     """One chunk's share of Y = A Omega (n, k) and the error sketch Theta A."""
     a = _f64(block)
-    omega = _test_rows(seed, KEY_OMEGA, n, k, cols)
-    theta = _test_rows(seed, KEY_THETA, n, d, rows)
+    omega = _test_rows(seed, random.Stream.SKETCH_OMEGA, n, k, cols)
+    theta = _test_rows(seed, random.Stream.SKETCH_THETA, n, d, rows)
     return {"sums": {}, "rows": {"y": np.asarray(a @ omega)}, "cols": {"e": _left(theta.T, a)}}
 
 

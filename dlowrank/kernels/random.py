@@ -9,7 +9,33 @@ worker, and the same seed gives the same numbers for any chunking of the data
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
+
+
+class Stream(enum.IntEnum):
+    """Every random stream of a computation, by its key under the computation's seed: the
+    one registry. A key is part of what a seed means (a result replays from its seed),
+    so keys are never renumbered; a new stream takes a new number."""
+
+    RSVD_OMEGA = 0  # randomized_svd's test matrix Omega (n, width)
+    SKETCH_OMEGA = 1  # the single-pass sketch's Omega (n, k); also Nystrom's
+    SKETCH_UPSILON = 2  # [Upsilon^T | Theta^T] (m, k + d) of the single-pass sketch
+    SKETCH_PHI = 3  # Phi^T (m, s)
+    SKETCH_PSI = 4  # Psi^T (n, s)
+    SKETCH_THETA = 5  # Nystrom's error sketch Theta^T (n, d)
+    INIT_U = 10  # random starts of the factorizations
+    INIT_V = 11
+
+
+class MatrixStream(enum.IntEnum):
+    """The random streams of a generated test matrix, under the matrix's own seed."""
+
+    U = 0
+    V = 1
+    NOISE = 2
+
 
 PANEL = 4096
 

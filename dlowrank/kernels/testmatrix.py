@@ -28,7 +28,6 @@ NOISE_TILE = 1024
 SMALL_FACTOR = 1 << 22
 
 KINDS = ("exponential", "polynomial", "flat", "lowrank-noise", "psd")
-_KEY_U, _KEY_V, _KEY_NOISE = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ def noise_block(spec: TestMatrixSpec, rows: tuple[int, int], cols: tuple[int, in
         for tj in range(c0 // NOISE_TILE, (c1 - 1) // NOISE_TILE + 1):
             t0, u0 = ti * NOISE_TILE, tj * NOISE_TILE
             shape = (min(NOISE_TILE, m - t0), min(NOISE_TILE, n - u0))
-            tile = spec.child(_KEY_NOISE, ti, tj).standard_normal(shape)
+            tile = spec.child(random.MatrixStream.NOISE, ti, tj).standard_normal(shape)
             a0, a1 = max(r0, t0), min(r1, t0 + shape[0])
             b0, b1 = max(c0, u0), min(c1, u0 + shape[1])
             out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = tile[a0 - t0 : a1 - t0, b0 - u0 : b1 - u0]
@@ -123,8 +122,8 @@ def noise_block(spec: TestMatrixSpec, rows: tuple[int, int], cols: tuple[int, in
 def rinvs(spec: TestMatrixSpec) -> tuple[np.ndarray, np.ndarray]:
     """The two R^{-1} factors a block needs (the same one twice for ``psd``)."""
     m, n = spec.shape
-    rinv_u = factor_rinv(spec, _KEY_U, m)
-    rinv_v = rinv_u if spec.kind == "psd" else factor_rinv(spec, _KEY_V, n)
+    rinv_u = factor_rinv(spec, random.MatrixStream.U, m)
+    rinv_v = rinv_u if spec.kind == "psd" else factor_rinv(spec, random.MatrixStream.V, n)
     return rinv_u, rinv_v
 
 
@@ -138,8 +137,8 @@ def block(
 ) -> np.ndarray:
     """Block ``A[rows[0]:rows[1], cols[0]:cols[1]]`` in float64, cast to ``dtype``."""
     m, n = spec.shape
-    key_v = _KEY_U if spec.kind == "psd" else _KEY_V
-    u = factor_rows(spec, _KEY_U, m, rinv_u, *rows)
+    key_v = random.MatrixStream.U if spec.kind == "psd" else random.MatrixStream.V
+    u = factor_rows(spec, random.MatrixStream.U, m, rinv_u, *rows)
     v = factor_rows(spec, key_v, n, rinv_v, *cols)
     out = (u * spec.singular_values()) @ v.T
     if spec.noise:

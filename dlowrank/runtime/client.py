@@ -50,7 +50,7 @@ def connect(
     if scheduler and scheduler_file:
         raise ParameterError("give `scheduler` or `scheduler_file`, not both")
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") if not scheduler_file else None
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if scheduler_file and not os.path.exists(scheduler_file):
         raise ParameterError(
@@ -83,6 +83,22 @@ def connect(
     if workers == 0:
         yield None
         return
+    with local_cluster(workers, threads_per_worker, memory_limit, security) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def local_cluster(
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    security: Any = None,
+) -> Iterator[Any]:
+    """A client of a LocalCluster of worker processes on 127.0.0.1 that only this
+    process can use (TLS with a temporary credential unless ``security`` is given),
+    with no dashboard; closed on exit. ``workers`` None: sized by distributed."""
+    from distributed import Client, LocalCluster
+
     kwargs = {
         "n_workers": workers,
         "threads_per_worker": threads_per_worker,
