@@ -31,7 +31,9 @@ def _deadline(max_seconds: float | None, start: float):
 
 # --- declarations -------------------------------------------------------------------------
 
-RANK = Param("rank", int, None, "Number of factors k, in [1, min(m, n)].")
+RANK = Param(
+    "rank", int, None, "Number of factors k, in [1, min(m, n)].", hint=" in [1, min(a.shape)]"
+)
 WEIGHT_DECAY = Param("weight_decay", float, 0.0, "L2 weight decay alpha on both factors.", low=0.0)
 MAX_SECONDS = Param(
     "max_seconds",
@@ -40,7 +42,6 @@ MAX_SECONDS = Param(
     "Stop after the iteration during which this much wall time has passed.",
     low=0.0,
     low_open=True,
-    role="run",
 )
 
 

@@ -34,11 +34,11 @@ def parse_int(value: Any, name: str, low: int, high: int | None = None, hint: st
     return int(value)
 
 
-def parse_memory(value: Any, name: str = "memory_limit") -> int | str:
-    """A memory size: bytes, or a string such as "2GB", "512 MiB"; or "auto"."""
+def parse_memory(value: Any, name: str = "memory_limit", *, auto: bool = True) -> int | str:
+    """A memory size: bytes, or a string such as "2GB", "512 MiB"; or "auto" if ``auto``."""
     from dask.utils import parse_bytes
 
-    if value == "auto":
+    if auto and value == "auto":
         return value
     try:
         nbytes = parse_bytes(value)
@@ -46,8 +46,8 @@ def parse_memory(value: Any, name: str = "memory_limit") -> int | str:
         nbytes = None
     if not isinstance(nbytes, int) or nbytes < 2**24:
         raise ParameterError(
-            f"`{name}` must be a memory size of at least 16 MiB, such as 2GB or 512MiB, "
-            f"or auto; got {value!r}"
+            f"`{name}` must be a memory size of at least 16 MiB, such as 2GB or 512MiB"
+            f"{', or auto' if auto else ''}; got {value!r}"
         )
     return nbytes
 
@@ -156,7 +156,7 @@ class Param:
     The function validates with :meth:`parse`; the job schema and the CLI flags are
     derived from the same declaration (the flag is ``--`` + the name with dashes).
     ``kind`` is a type (int, float, bool, str, dict), a tuple of choices, or one of
-    "seed", "sketch_size", "memory", "checkpoint", "object".
+    "seed", "sketch_size", "memory", "memory_or_auto", "checkpoint", "object".
     """
 
     name: str
@@ -180,14 +180,16 @@ class Param:
         """The validated value; None only where the declaration allows it."""
         kind, name = self.kind, self.name
         if value is None:
-            if self.default is None or (isinstance(kind, tuple) and None in kind):
+            if self.default is None or kind == "seed" or (isinstance(kind, tuple) and None in kind):
                 return None
             raise ParameterError(f"`{name}` is required; it defaults to {self.default!r}")
         if isinstance(kind, tuple):
             return parse_choice(value, name, kind)
         if kind is int:
             if self.low is None:  # bounds that need the input (a rank): checked with it
-                return parse_int(value, name, -(2**63), None, self.hint)
+                if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                    raise ParameterError(f"`{name}` must be an integer{self.hint}; got {value!r}")
+                return int(value)
             high = None if self.high is None else int(self.high)
             return parse_int(value, name, int(self.low), high, self.hint)
         if kind is float:
@@ -199,6 +201,8 @@ class Param:
                 low_open=self.low_open,
                 high_open=self.high_open,
             )
+        if kind is bool and isinstance(value, np.bool_):
+            value = bool(value)
         if kind in (bool, str, dict) and not (
             isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         ):
@@ -211,8 +215,8 @@ class Param:
                 raise ParameterError(f"`{name}` must be an integer or a pair (k, s); got {value!r}")
             for part in parts:
                 parse_int(part, name, 1)
-        elif kind == "memory":
-            return parse_memory(value, name)
+        elif kind in ("memory", "memory_or_auto"):
+            return parse_memory(value, name, auto=kind == "memory_or_auto")
         elif kind == "checkpoint" and not (
             isinstance(value, (str, os.PathLike)) or hasattr(value, "open")
         ):

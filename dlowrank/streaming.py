@@ -39,7 +39,13 @@ MAX_RANK_DEFAULT = 512
 
 # --- declarations -------------------------------------------------------------------------
 
-RANK = Param("rank", int, None, "Number of singular triplets, in [1, min(m, n)].")
+RANK = Param(
+    "rank",
+    int,
+    None,
+    "Number of singular triplets, in [1, min(m, n)] (or give max_error).",
+    hint=" in [1, min(a.shape)]",
+)
 N_POWER_ITER = Param(
     "n_power_iter",
     int,
@@ -64,7 +70,9 @@ MAX_ERROR = Param(
     high_open=True,
     aliases=("tol",),
 )
-MAX_RANK = Param("max_rank", int, None, "Largest rank tried with max_error.")
+MAX_RANK = Param(
+    "max_rank", int, None, "Largest rank tried with max_error.", hint=" in [1, min(a.shape)]"
+)
 SYMMETRIC = Param("symmetric", bool, False, "Symmetric input: eigen-decomposition form.")
 SKETCH_SIZE = Param(
     "sketch_size",
@@ -250,9 +258,10 @@ def randomized_svd(
         Seconds one pass may take before it fails (PassTimeoutError); default on a
         cluster 20 times the first pass, at least 600 s; none on threads.
     memory : int or str, optional
-        Memory budget of one task (bytes, or "1GB"): row panels take up to half of
-        it (at most 256 MB); "auto" picks panels only when a chunk row fits it.
-        Default 1 GiB, or a quarter of the smallest worker's memory limit.
+        Memory budget of one task (bytes, or a size such as "1GB"): row panels take up
+        to half of it (at most 256 MB), and layout "auto" picks panels only when a
+        chunk row fits it. Default 1 GiB, or a quarter of the smallest worker's
+        memory limit.
 
     Returns
     -------

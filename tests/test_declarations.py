@@ -118,3 +118,26 @@ def test_deprecated_names_still_work_and_say_so(tmp_path):
         warnings.simplefilter("error")  # the new names warn about nothing
         dlowrank.factorize(t.array, 3, solver="gd", max_iter=5)
     np.testing.assert_allclose(old.s, new.s)
+
+
+def test_values_the_declarations_accept_and_refuse(tmp_path):
+    a = dlowrank.make_matrix((300, 40), 5, seed=0).array.compute()
+    r = dlowrank.randomized_svd(a, 3, seed=None)  # fresh entropy, stored so it replays
+    again = dlowrank.randomized_svd(a, 3, seed=r.seed)
+    np.testing.assert_array_equal(r.s, again.s)
+    sym = a.T @ a
+    assert dlowrank.randomized_svd(sym, 3, symmetric=np.True_).algorithm == "randomized_eigh"
+    with pytest.raises(
+        dlowrank.errors.ParameterError, match=r"`rank` must be an integer in \[1, min"
+    ):
+        dlowrank.randomized_svd(a, 3.0)
+    with pytest.raises(dlowrank.errors.ParameterError, match="`memory` must be a memory size"):
+        dlowrank.randomized_svd(a, 3, memory="auto")
+    budgeted = dlowrank.randomized_svd(a, 3, memory="64MB")
+    np.testing.assert_allclose(budgeted.s, dlowrank.randomized_svd(a, 3).s, rtol=1e-12)
+    path = str(tmp_path / "a.zarr")
+    dlowrank.make_matrix((300, 40), 5, seed=0).array.to_zarr(path)
+    res = CliRunner().invoke(
+        main, ["svd", path, "--out", str(tmp_path / "r"), "--rank", "3", "--memory", "auto"]
+    )
+    assert res.exit_code == 2 and "`memory` must be a memory size" in res.output, res.output

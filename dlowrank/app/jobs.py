@@ -62,7 +62,9 @@ RUNTIME = [
     _run_param(
         "threads_per_worker", int, None, "Threads per LocalCluster worker.", low=1, high=MAX_WORKERS
     ),
-    _run_param("memory_limit", "memory", None, "Memory limit per LocalCluster worker, e.g. 2GB."),
+    _run_param(
+        "memory_limit", "memory_or_auto", None, "Memory limit per LocalCluster worker, e.g. 2GB."
+    ),
     TIMEOUT,
     MEMORY,
     _seconds("connect_timeout", 30.0, "Seconds to wait for a scheduler to answer."),
@@ -504,6 +506,8 @@ def _run_job(cfg: JobConfig, dry_run: bool, progress: Any, say: Callable[[str], 
         if plan.checkpoint
         else None
     )
+    if ckpt is not None:
+        ckpt.verified_fingerprint = plan.fingerprint  # taken by preflight just now
     if ckpt is not None and o.get("restart"):
         ckpt.remove()
     runner = {

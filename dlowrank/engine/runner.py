@@ -29,9 +29,8 @@ SEED = Param(
     "seed",
     "seed",
     0,
-    "Seed (an int >= 0; in Python also a SeedSequence, or None for fresh entropy). Random "
-    "numbers depend on the seed and the global index only: the same seed gives the same "
-    "result for any chunking, workers or task order.",
+    "Seed, an integer >= 0. Random numbers depend on the seed and the global index only: "
+    "the same seed gives the same result for any chunking, workers or task order.",
 )
 CLIENT = Param(
     "client",
@@ -118,7 +117,7 @@ class Run:
             progress=v.get("progress"),
             timeout=v.get("timeout"),
             memory=v.get("memory"),
-            fingerprint=getattr(checkpoint, "meta", {}).get("input_fingerprint"),
+            fingerprint=getattr(checkpoint, "verified_fingerprint", None),
             missing=v.get("missing") == "nan",
         )
         if "layout" in v:

@@ -25,7 +25,7 @@ from dlowrank.io.matrix import filesystem
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: the first pass holds ||A||_F^2 under the engine's own key
 #: Names of the files a checkpoint writes (all it ever removes).
 _OWN_PREFIXES = ("checkpoint.json", "pass-", ".tmp-")
 
@@ -38,6 +38,9 @@ class Checkpoint:
     ) -> None:
         self.url = os.fspath(url)
         self.meta = {"format": FORMAT, **meta}
+        #: The input's fingerprint, taken by the caller just before the run (a job's
+        #: preflight): the engine then need not take it again. None: the engine takes it.
+        self.verified_fingerprint: str | None = None
         self.fs, self.path = filesystem(self.url, storage_options)
         self.path = self.path.rstrip("/")
 

@@ -53,15 +53,15 @@ def nonfinite(block, rows, cols, missing=False) -> dict:
     if scipy.sparse.issparse(block):
         block = scipy.sparse.coo_matrix(block)
         bad = ~np.isfinite(block.data) & ~(missing & np.isnan(block.data))
-        where = np.stack([block.row[bad], block.col[bad]], axis=1)
+        r, c = block.row[bad], block.col[bad]
+        count = int(bad.sum())
+        at = np.lexsort((c, r))[0] if count else None  # the first in row-major order
+        where = (int(r[at]), int(c[at])) if count else None
     else:
         bad = np.isinf(block) if missing else ~np.isfinite(block)
-        where = np.argwhere(bad)
-    count = len(where)
-    first = None
-    if count:
-        i, j = min((int(r), int(c)) for r, c in where)
-        first = (i + rows[0], j + cols[0])
+        count = int(bad.sum())
+        where = tuple(int(v) for v in np.argwhere(bad)[0]) if count else None  # row-major
+    first = None if where is None else (where[0] + rows[0], where[1] + cols[0])
     return {"count": count, "first": first}
 
 

@@ -76,7 +76,8 @@ def connect(
         client = _client(Client, address, scheduler_file, kwargs, where)
         try:
             _wait_for_workers(client, where)
-            yield client
+            with client.as_current():  # dask's current client inside the block only
+                yield client
         finally:
             client.close()
         return
@@ -126,19 +127,36 @@ def _client(Client: Any, address: str | None, scheduler_file: str | None, kwargs
     limit = float(dask.config.get("dlowrank.connect-timeout", None) or CONNECT_TIMEOUT)
     outcome: dict = {}
 
+    lock = threading.Lock()
+
     def attempt() -> None:
         try:
-            outcome["client"] = Client(
-                address, scheduler_file=scheduler_file, timeout=limit, **kwargs
+            # not the process's default client: an attempt given up on that connects
+            # later must not capture this process's later dask work
+            client = Client(
+                address,
+                scheduler_file=scheduler_file,
+                timeout=limit,
+                set_as_default=False,
+                **kwargs,
             )
         except BaseException as exc:  # reported below, in the caller's thread
             outcome["error"] = exc
+            return
+        with lock:
+            late = outcome.get("abandoned", False)
+            if not late:
+                outcome["client"] = client
+        if late:  # the caller has already reported the failure
+            client.close()
 
     # distributed's own timeout does not cover a handshake with a server that accepts
     # the connection and never answers (an HTTP server): wait in a daemon thread
     thread = threading.Thread(target=attempt, name="dlowrank-connect", daemon=True)
     thread.start()
     thread.join(limit + 5.0)
+    with lock:
+        outcome["abandoned"] = "client" not in outcome
     exc = outcome.get("error")
     if "client" in outcome:
         return outcome["client"]
