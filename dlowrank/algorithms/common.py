@@ -5,13 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 from dlowrank.errors import InputError
-from dlowrank.kernels import exact
+from dlowrank.kernels import exact, qr
 
 
 def orthonormalize(z: np.ndarray) -> np.ndarray:
-    """Orthonormal basis of the columns of a small (n, l) sketch (Householder QR)."""
+    """Orthonormal basis of the columns of a small (n, l) sketch of the short side
+    (Householder QR: n is the short dimension)."""
     q, _ = np.linalg.qr(z)
     return q
+
+
+def tall_qr(panels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Q (m, l) and R of a tall sketch given as row panels, from their Gram matrices
+    (CholeskyQR2, shifted when ill-conditioned: :mod:`dlowrank.kernels.qr`); never a
+    LAPACK QR of an m-row array."""
+    q, r = qr.cholesky_qr(panels)
+    return np.concatenate(q), r
 
 
 def relative_error(fro2: float, captured: np.ndarray) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from dlowrank.algorithms.common import check_symmetric
+from dlowrank.algorithms.common import check_symmetric, tall_qr
 from dlowrank.algorithms.sketch import _test_times, error_interval
 from dlowrank.engine.passes import PassEngine
 from dlowrank.errors import InputError
@@ -56,9 +56,9 @@ def _shifted_nystrom(y: np.ndarray, omega: np.ndarray, rank: int) -> tuple[np.nd
     tenfold, at most 8 times, before the matrix is declared not PSD.
     """
     n = y.shape[0]
-    ynorm = float(np.linalg.norm(y, 2))
+    ynorm = float(np.sqrt(max(np.linalg.eigvalsh(y.T @ y)[-1], 0.0)))  # ||Y||_2, from k x k
     if ynorm == 0:  # A Omega = 0: A vanishes on the sketch
-        q, _ = np.linalg.qr(omega)
+        q, _ = tall_qr([omega])
         return np.zeros(rank), q[:, :rank]
     nu = np.sqrt(n) * np.finfo(np.float64).eps * ynorm
     for _ in range(8):
@@ -76,7 +76,9 @@ def _shifted_nystrom(y: np.ndarray, omega: np.ndarray, rank: int) -> tuple[np.nd
             "randomized_svd(..., symmetric=True)"
         )
     f = scipy.linalg.solve_triangular(c, y_nu.T, trans="T").T  # Y_nu C^{-1}
-    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    qf, rf = tall_qr([f])  # SVD of the tall f through its k x k triangular factor
+    uf, s, _ = np.linalg.svd(rf)
+    u = qf @ uf
     return np.maximum(s[:rank] ** 2 - nu, 0.0), u[:, :rank]
 
 

@@ -10,7 +10,8 @@ Tall orientation (the engine transposes a wide A). With l = rank + n_oversamples
    unresolved, far below any error the truncation reports.
 3. Final pass: Y_i = A_i X (kept), W = A^T Y. ||A||_F^2 comes from the first pass
    (the engine folds it in).
-4. Y = Q R (Householder). Then B = Q^T A = R^{-T} Y^T A = R^{-T} W^T needs no
+4. Y = Q R (CholeskyQR2 from the panels' Gram matrices, shifted when Y is
+   ill-conditioned: no QR of an m-row array). Then B = Q^T A = R^{-T} Y^T A = R^{-T} W^T needs no
    further pass. Its rounding error is about eps * cond(R) * ||A||, so this is
    used only when cond(R) <= eps^{-1/2}; otherwise (a rank-deficient or very
    fast-decaying sketch) one more pass computes B = Q^T A directly, and the
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from dlowrank.algorithms.common import orthonormalize, relative_error
+from dlowrank.algorithms.common import orthonormalize, relative_error, tall_qr
 from dlowrank.engine.passes import PassEngine
 from dlowrank.kernels import exact, passkernels, random
 
@@ -61,8 +62,7 @@ def _power_iterations(engine: PassEngine, x: np.ndarray, n_power_iter: int) -> n
 
 def _final_panel(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = engine.run(passkernels.range_and_adjoint, x)
-    y = np.concatenate(out.rows["y"])
-    q, r = np.linalg.qr(y)
+    q, r = tall_qr(out.rows["y"])
     cond = np.linalg.cond(r)
     if cond <= SAFE_COND:
         b = scipy.linalg.solve_triangular(r, out.sums["w"].T, trans="T")
@@ -73,7 +73,7 @@ def _final_panel(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _final_block(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    q = orthonormalize(np.concatenate(engine.run(passkernels.apply_block, x).rows["y"]))
+    q, _ = tall_qr(engine.run(passkernels.apply_block, x).rows["y"])
     b = np.concatenate(engine.run(passkernels.adjoint_block, q).cols["z"]).T
     return q, b
 

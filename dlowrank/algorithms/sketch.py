@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.stats
 
-from dlowrank.algorithms.common import orthonormalize
+from dlowrank.algorithms.common import orthonormalize, tall_qr
 from dlowrank.engine.passes import PassEngine
 from dlowrank.kernels import exact, passkernels, random
 
@@ -73,7 +73,7 @@ def sketch(
     )
     out = engine.run(passkernels.three_sketch, key, m, right, k, d)
     fro2 = engine.fro2
-    q = orthonormalize(np.concatenate(out.rows["y"]))
+    q, _ = tall_qr(out.rows["y"])
     x = np.concatenate(out.cols["x"], axis=1)
     p = orthonormalize(x.T)
     phi_q = _test_times(key, random.Stream.SKETCH_PHI, m, s, q)  # (s, k)

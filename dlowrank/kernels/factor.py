@@ -83,6 +83,14 @@ def nndsvd(
     return w, h
 
 
+def _thin_qr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Thin QR of a tall factor by CholeskyQR2 (no LAPACK QR of an m-row array)."""
+    from dlowrank.kernels.qr import cholesky_qr
+
+    q, r = cholesky_qr([x])
+    return q[0], r
+
+
 def canonical(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The balanced factors (U_k S^{1/2}, V_k S^{1/2}) of u v^T, without forming u v^T.
 
@@ -90,8 +98,8 @@ def canonical(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     SVD of the small k x k core gives the SVD of u v^T; signs follow the package
     convention. Any (u R, v R^{-T}) gives the same result.
     """
-    qu, ru = np.linalg.qr(u)
-    qv, rv = np.linalg.qr(v)
+    qu, ru = _thin_qr(u)
+    qv, rv = _thin_qr(v)
     p, s, qt = np.linalg.svd(ru @ rv.T)
     left, right = sign_flip(qu @ p, qt @ qv.T)
     root = np.sqrt(s)
