@@ -258,10 +258,15 @@ def randomized_svd(
         Seconds one pass may take before it fails (PassTimeoutError); default on a
         cluster 20 times the first pass, at least 600 s; none on threads.
     memory : int or str, optional
-        Memory budget of one task (bytes, or a size such as "1GB"): row panels take up
-        to half of it (at most 256 MB), and layout "auto" picks panels only when a
-        chunk row fits it. Default 1 GiB, or a quarter of the smallest worker's
-        memory limit.
+        Memory the run may use (bytes, or a size such as "600MB"). On dask's threads
+        it is the whole process's budget, measured by default from the cgroup limit,
+        RLIMIT_AS or the available memory, minus what the process already holds
+        (:mod:`dlowrank.runtime.budget`); the threads share it, as many running at once
+        as can each hold a chunk (about 3x its float64 bytes). On a cluster it stands
+        for each worker's memory limit (default: the workers' ``memory_limit``). Row
+        panels are grouped up to a sixth of a task's share (at most 256 MB); layout
+        "auto" reads chunk by chunk when a chunk row does not fit. A budget that cannot
+        hold one chunk is refused before any pass, with a rechunk command.
 
     Returns
     -------

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import dlowrank
+from dlowrank.errors import InputError
 from tests.conftest import counted_array
 
 
@@ -79,8 +80,13 @@ def test_engine_works_chunk_by_chunk_with_a_warning_when_a_panel_exceeds_the_bud
     from dlowrank.errors import DlowrankWarning
     from dlowrank.io.source import open_source
 
+    # a chunk (100 x 50) needs 3 x 40 kB in a task, a panel (100 x 150) 3 x 120 kB
     with pytest.warns(DlowrankWarning, match="row panel of 100 x 150 needs .* two passes per"):
-        engine = PassEngine(open_source(stored), memory=1000)
+        engine = PassEngine(open_source(stored), memory=2 * 200_000)
     assert engine.layout == "block"
     assert len(engine.row_ranges) == 6 and len(engine.col_ranges) == 3
     assert PassEngine(open_source(stored)).layout == "panel"
+    one = PassEngine(open_source(stored), memory=200_000)  # room for one chunk at a time
+    assert one.plan.threads == 1 and one.layout == "block"
+    with pytest.raises(InputError, match=r"cannot hold one chunk of 100 x 50 .* --chunks 46 50"):
+        PassEngine(open_source(stored), memory=150_000)

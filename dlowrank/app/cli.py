@@ -687,7 +687,8 @@ main.add_command(_run_command())
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
 def convert(input: str, out: str, chunks, dtype, dataset, overwrite, ratings, as_json) -> None:
-    """Convert INPUT (.npy, .npz, .h5, .csv/.tsv/.txt, .mtx; or ratings) to Zarr."""
+    """Convert INPUT (.npy, .npz, .h5, .csv/.tsv/.txt, .mtx, or a .zarr matrix to
+    rechunk; or ratings) to Zarr."""
     from dlowrank.io.convert import convert as run_convert
 
     start = time.perf_counter()

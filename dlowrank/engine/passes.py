@@ -31,6 +31,8 @@ from typing import Any
 import dask
 import numpy as np
 from dask.callbacks import Callback
+from dask.system import CPU_COUNT
+from dask.utils import format_bytes
 from threadpoolctl import threadpool_limits
 
 from dlowrank.errors import DlowrankWarning, PassTimeoutError, StorageError
@@ -40,8 +42,14 @@ logger = logging.getLogger(__name__)
 
 #: Default target size of a row panel (several chunk rows are grouped up to this).
 PANEL_BYTES = 256 << 20
-#: Default largest panel a task may hold; beyond it the engine works chunk by chunk.
-MAX_PANEL_BYTES = 1 << 30
+#: A task working on a panel or chunk holds about this many times its float64 bytes (the
+#: raw read, the float64 copy, a decoded chunk in flight, its products).
+TASK_FACTOR = 3
+#: On dask's threads, the tasks share this part of the run's budget; the rest is for the
+#: driver's own growth (the gathered sketches, the result, modules imported later).
+TASK_SHARE = 0.75
+#: The most one task may hold: row panels up to a third of it (1 GiB).
+MAX_TASK_BYTES = 3 << 30
 #: Arguments larger than this are scattered to the workers rather than put in the graph.
 SCATTER_BYTES = 1 << 20
 
@@ -136,11 +144,13 @@ class Plan:
     tall_chunks: tuple[tuple[int, ...], tuple[int, ...]]
     row_ranges: tuple[tuple[int, int], ...]
     col_ranges: tuple[tuple[int, int], ...]
-    budget: int  # bytes one task may use
+    budget: int  # bytes one task may hold
+    threads: int | None = None  # tasks in flight on dask's threads (None: a cluster's)
 
     @classmethod
-    def make(cls, source: Any, layout: str, budget: int) -> Plan:
-        """The plan for ``layout`` ("auto": panels when one chunk row fits the budget)."""
+    def make(cls, source: Any, layout: str, budget: int, threads: int | None = None) -> Plan:
+        """The plan for ``layout`` ("auto": panels when a task can hold a chunk row, about
+        TASK_FACTOR times its float64 bytes, within ``budget``)."""
         m, n = source.shape
         transpose = n > m
         chunks = source.chunks
@@ -149,36 +159,84 @@ class Plan:
         band_bytes = tall_shape[1] * 8  # float64 work copy per row of a panel
         if layout == "auto":
             widest = max(tall_chunks[0]) * band_bytes
-            layout = "panel" if widest <= budget else "block"
+            layout = "panel" if TASK_FACTOR * widest <= budget else "block"
             if layout == "block":
                 warnings.warn(
                     f"a row panel of {max(tall_chunks[0])} x {tall_shape[1]} needs "
-                    f"{widest / 2**30:.2f} GiB, above the {budget / 2**30:.2f} GiB "
-                    "budget: working chunk by chunk, which costs two passes per power "
-                    "iteration; store A with fewer rows per chunk to avoid this",
+                    f"{widest / 2**30:.2f} GiB, above the {budget / TASK_FACTOR / 2**30:.2f} "
+                    f"GiB for a panel (a third of a task's {budget / 2**30:.2f} GiB): working "
+                    "chunk by chunk, which costs two passes per power iteration; store A "
+                    "with fewer rows per chunk to avoid this",
                     DlowrankWarning,
                     stacklevel=5,
                 )
         if layout == "panel":
-            rows = _bands(tall_chunks[0], band_bytes, min(PANEL_BYTES, budget // 2))
+            rows = _bands(tall_chunks[0], band_bytes, min(PANEL_BYTES, budget // 6))
             cols = [(0, tall_shape[1])]
         else:
             rows, cols = _ranges(tall_chunks[0]), _ranges(tall_chunks[1])
-        return cls(layout, transpose, tall_shape, tall_chunks, tuple(rows), tuple(cols), budget)
+        return cls(
+            layout, transpose, tall_shape, tall_chunks, tuple(rows), tuple(cols), budget, threads
+        )
 
 
-def _budget(memory: int | None, client: Any) -> int:
-    """Bytes one task may use: ``memory`` when given; on a cluster a quarter of the smallest
-    worker's memory_limit (a task holds its panel, a float64 copy and its products); else
-    MAX_PANEL_BYTES."""
-    if memory is not None:
-        return int(memory)
+def _chunk_need(source: Any) -> int:
+    """Bytes a task holds to work on one chunk: TASK_FACTOR times its float64 size."""
+    if getattr(source, "sparse", False):
+        return 0  # read by row panels of stored entries: no dense chunk is made
+    return TASK_FACTOR * 8 * max(source.chunks[0]) * max(source.chunks[1])
+
+
+def _too_small(need: int, task: int, have: str, source: Any) -> Exception:
+    from dlowrank.errors import InputError
+
+    r, c = max(source.chunks[0]), max(source.chunks[1])
+    rows = max(1, r * task // need // 2)
+    return InputError(
+        f"the memory budget, {have}, cannot hold one chunk of {r} x {c} (a task holds "
+        f"about {format_bytes(need)} for it: {TASK_FACTOR}x its float64 size); store "
+        "the input with smaller chunks, e.g. dlowrank convert INPUT.zarr --out "
+        f"SMALLER.zarr --chunks {rows} {c}, or give the run more memory (--memory, or a "
+        "larger limit)"
+    )
+
+
+def _budget(memory: int | None, client: Any, source: Any) -> tuple[int, int | None]:
+    """(bytes one task may hold, tasks in flight on dask's threads; None on a cluster).
+
+    On a cluster: TASK_FACTOR / 4 of the smallest worker's memory_limit (``memory``, when
+    given, stands for that limit), shared by a worker's threads. On dask's threads: the run's budget
+    (:func:`dlowrank.runtime.budget.measure`: the cgroup limit, RLIMIT_AS or the
+    available memory, minus what the process holds; or ``memory``): TASK_SHARE of it,
+    shared by as many threads as can each hold a chunk; at most MAX_TASK_BYTES a task. A budget that
+    cannot hold one chunk is refused before any pass (InputError).
+    """
+    need = _chunk_need(source)
     if client is not None:
-        limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
-        limits = [lim for lim in limits if lim > 0]
-        if limits:
-            return min(MAX_PANEL_BYTES, min(limits) // 4)
-    return MAX_PANEL_BYTES
+        workers = client.scheduler_info()["workers"].values()
+        limits = [w.get("memory_limit") or 0 for w in workers]
+        limits = [int(memory)] if memory is not None else [lim for lim in limits if lim > 0]
+        if not limits:
+            return MAX_TASK_BYTES, None
+        threads = max([w.get("nthreads") or 1 for w in workers] or [1])
+        task = min(MAX_TASK_BYTES, TASK_FACTOR * (min(limits) // 4) // threads)
+        if need > task:
+            raise _too_small(need, task, f"{format_bytes(task)} a task on a worker", source)
+        return task, None
+    from dlowrank.runtime.budget import measure
+
+    run = measure(memory)
+    usable = int(TASK_SHARE * run.total)
+    threads = max(1, int(dask.config.get("num_workers", None) or CPU_COUNT))
+    if need:
+        threads = min(threads, max(1, usable // need))
+    task = min(MAX_TASK_BYTES, usable // threads)
+    if need > task:
+        raise _too_small(need, task, str(run), source)
+    logger.info(
+        "memory budget %s: %d task(s) in flight, up to %.0f MiB each", run, threads, task / 2**20
+    )
+    return task, threads
 
 
 def _current_client(client: Any) -> Any:
@@ -246,7 +304,8 @@ class PassEngine:
         self.progress = progress
         self.timeout = timeout
         self.missing = missing
-        self.plan = Plan.make(source, layout, _budget(memory, self.client))
+        task, threads = _budget(memory, self.client, source)
+        self.plan = Plan.make(source, layout, task, threads)
         self.passes = 0
         self.restored = 0
         self.fro2: float | None = None
@@ -484,7 +543,9 @@ class PassEngine:
                 threadpool_limits(limits=1, user_api="blas"),
                 _PieceCounter(self, index, len(leaves), self.timeout),
             ):
-                total, rows, cols = dask.compute(total, rows, cols, scheduler="threads")
+                total, rows, cols = dask.compute(
+                    total, rows, cols, scheduler="threads", num_workers=self.plan.threads
+                )
         return PassOutput(
             sums=total,
             rows={k: [r[k] for r in rows] for k in rows[0]},

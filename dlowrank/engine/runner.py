@@ -85,9 +85,10 @@ MEMORY = Param(
     "memory",
     "memory",
     None,
-    "Memory budget of one task, e.g. 1GB: row panels take up to half of it (at most "
-    "256 MB), and A is read chunk by chunk when a chunk row exceeds it; default: 1 GiB, "
-    "or a quarter of the smallest worker's memory_limit.",
+    "Memory the run may use, e.g. 600MB: on dask's threads the whole process (default: "
+    "the cgroup limit, RLIMIT_AS or the available memory, minus what the process holds); "
+    "on a cluster each worker (default: its memory_limit). Tasks in flight, panel sizes "
+    "and the layout follow from it; a budget that cannot hold one chunk is refused.",
     role="run",
 )
 #: Engine parameters of every streaming function (factorizations fix the layout).

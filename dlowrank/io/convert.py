@@ -31,6 +31,7 @@ FORMATS = {
     ".txt": "csv",
     ".tsv": "csv",
     ".mtx": "mtx",
+    ".zarr": "zarr",
 }
 
 
@@ -67,6 +68,10 @@ def _open_array(path: str, fmt: str, dataset: str | None) -> Any:
                 f"{path}: choose a dataset with --dataset (found: {', '.join(names) or 'none'})"
             )
         return f[dataset]
+    if fmt == "zarr":  # a Zarr matrix, rechunked (dask splits and merges chunks lazily)
+        from dlowrank.io.matrix import open_matrix
+
+        return open_matrix(path)
     if fmt == "mtx":
         import scipy.io
         import scipy.sparse
@@ -121,7 +126,10 @@ def convert(
         check_shape(tuple(arr.shape), where)
         computed = compute_dtype(arr.dtype, where)  # refuses complex, strings, objects
         target = np.dtype(dtype) if dtype is not None else computed
-        x = da.from_array(arr, chunks=chunks or "auto").astype(target)
+        if isinstance(arr, da.Array):
+            x = arr.rechunk(chunks or arr.chunks).astype(target)
+        else:
+            x = da.from_array(arr, chunks=chunks or "auto").astype(target)
 
         def write(tmp: str) -> None:
             x.to_zarr(tmp)

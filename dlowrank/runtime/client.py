@@ -19,9 +19,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import dask
+from dask.system import CPU_COUNT
 
 from dlowrank.errors import ClusterError, DlowrankWarning, ParameterError
 
+#: A default LocalCluster's workers share this part of the measured budget (the rest: the
+#: scheduler and this process's growth), one worker per core while each gets at least
+#: WORKER_MIN_BYTES; below that budget a run uses dask's threads in this process.
+WORKER_SHARE = 0.85
+WORKER_MIN_BYTES = 1 << 30
 #: Default seconds to wait for a scheduler to answer, and for a first worker.
 CONNECT_TIMEOUT = 30.0
 NO_WORKERS_TIMEOUT = 60.0
@@ -81,6 +87,18 @@ def connect(
         finally:
             client.close()
         return
+    if workers is None and memory_limit is None:
+        from dlowrank.runtime.budget import measure
+
+        budget = measure()
+        if budget.total < WORKER_MIN_BYTES:
+            logger.info(
+                "memory budget %s is below %d MiB: running on dask's threads in this "
+                "process (each worker process of a cluster would hold its own ~150 MiB)",
+                budget,
+                WORKER_MIN_BYTES >> 20,
+            )
+            workers = 0
     if workers == 0:
         yield None
         return
@@ -97,13 +115,34 @@ def local_cluster(
 ) -> Iterator[Any]:
     """A client of a LocalCluster of worker processes on 127.0.0.1 that only this
     process can use (TLS with a temporary credential unless ``security`` is given),
-    with no dashboard; closed on exit. ``workers`` None: sized by distributed."""
+    with no dashboard; closed on exit.
+
+    Without ``memory_limit``, the cluster fits the memory this process may use
+    (:func:`dlowrank.runtime.budget.measure`: a cgroup limit, RLIMIT_AS or the available
+    memory, minus what this process holds): ``workers`` (default: one per core, as
+    many as get WORKER_MIN_BYTES each) share WORKER_SHARE of it as their memory_limit,
+    so that they spill and pause (distributed's defaults) before the kernel kills them.
+    """
     from distributed import Client, LocalCluster
 
+    from dlowrank.runtime.budget import measure
+
+    if memory_limit is None:
+        budget = measure()
+        if workers is None:
+            workers = max(1, min(CPU_COUNT, budget.total // WORKER_MIN_BYTES))
+            threads_per_worker = threads_per_worker or max(1, CPU_COUNT // workers)
+        memory_limit = int(WORKER_SHARE * budget.total) // workers
+        logger.info(
+            "memory budget %s: %d worker(s) with a memory_limit of %.0f MiB each",
+            budget,
+            workers,
+            memory_limit / 2**20,
+        )
     kwargs = {
         "n_workers": workers,
         "threads_per_worker": threads_per_worker,
-        "memory_limit": memory_limit if memory_limit is not None else "auto",
+        "memory_limit": memory_limit,
     }
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     logger.info("starting a LocalCluster on 127.0.0.1 (%s)", kwargs)

@@ -1,0 +1,114 @@
+"""How much memory a run may use, measured from where it runs.
+
+The budget of a run on dask's threads is the smallest of:
+
+- the memory cgroup limit of this process (cgroup v2 ``memory.max``, or v1
+  ``memory.limit_in_bytes``; the cgroup's own and its ancestors'), read through
+  ``/proc/self/cgroup``, so a job under a container, a SLURM allocation or a
+  ``capped.sh`` cgroup sees its own limit, not the machine's;
+- ``RLIMIT_AS`` (address space), minus what this process has mapped;
+- the memory available on the machine now;
+
+minus what the process already holds (its resident set), since that is not free for
+the run. distributed's ``system.memory_limit`` reads only the root cgroup files, which
+misses a nested cgroup (measured: under ``capped.sh`` it reported the machine's
+memory), hence this module. An explicit ``memory=`` / ``--memory`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+
+import psutil
+
+#: A cgroup limit at or above this is "no limit" (v1 writes 2^63 rounded to pages).
+_UNLIMITED = 1 << 60
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``total`` bytes the run may use beyond what the process holds, and why."""
+
+    total: int
+    source: str
+
+    def __str__(self) -> str:
+        from dask.utils import format_bytes
+
+        return f"{format_bytes(self.total)} ({self.source})"
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if text in ("max", ""):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if 0 < value < _UNLIMITED else None
+
+
+def _ancestors(path: str) -> list[str]:
+    """``path`` and each folder above it up to the cgroup root, own first; and the same
+    for each tail of ``path`` (in a container the cgroup file system is mounted at the
+    container's own cgroup, while /proc/self/cgroup may show the host's whole path)."""
+    parts = [p for p in path.split("/") if p]
+    out: list[str] = []
+    for start in range(len(parts) + 1):
+        tail = parts[start:]
+        out += ["/".join(tail[:i]) for i in range(len(tail), -1, -1)]
+    return list(dict.fromkeys(out))
+
+
+def cgroup_limit(
+    proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup"
+) -> tuple[int, str] | None:
+    """The tightest memory limit of this process's cgroups (v2 or v1), with its file."""
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found: list[tuple[int, str]] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":  # cgroup v2 (unified)
+            for base in (root, os.path.join(root, "unified")):
+                for sub in _ancestors(path):
+                    file = os.path.join(base, sub, "memory.max")
+                    limit = _read_int(file)
+                    if limit is not None:
+                        found.append((limit, file))
+        elif "memory" in controllers.split(","):  # cgroup v1
+            for sub in _ancestors(path):
+                file = os.path.join(root, "memory", sub, "memory.limit_in_bytes")
+                limit = _read_int(file)
+                if limit is not None:
+                    found.append((limit, file))
+    return min(found) if found else None
+
+
+def measure(memory: int | None = None) -> Budget:
+    """The run's memory budget (see the module's docstring); ``memory`` overrides it."""
+    if memory is not None:
+        return Budget(int(memory), "--memory")
+    me = psutil.Process()
+    rss = me.memory_info().rss
+    bounds = [(psutil.virtual_memory().available + rss, "available memory")]
+    cg = cgroup_limit()
+    if cg is not None:
+        bounds.append((cg[0], f"cgroup limit {cg[0] / 2**20:.0f} MiB in {cg[1]}"))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft not in (resource.RLIM_INFINITY, -1) and soft > 0:
+        mapped = me.memory_info().vms
+        bounds.append((soft - mapped + rss, f"RLIMIT_AS {soft / 2**20:.0f} MiB"))
+    limit, source = min(bounds)
+    return Budget(max(limit - rss, 0), f"{source}, minus {rss / 2**20:.0f} MiB held")
