@@ -86,7 +86,8 @@ def test_engine_works_chunk_by_chunk_with_a_warning_when_a_panel_exceeds_the_bud
     assert engine.layout == "block"
     assert len(engine.row_ranges) == 6 and len(engine.col_ranges) == 3
     assert PassEngine(open_source(stored)).layout == "panel"
-    one = PassEngine(open_source(stored), memory=200_000)  # room for one chunk at a time
+    with pytest.warns(DlowrankWarning, match="working chunk by chunk"):
+        one = PassEngine(open_source(stored), memory=200_000)  # room for one chunk at a time
     assert one.plan.threads == 1 and one.layout == "block"
     with pytest.raises(InputError, match=r"cannot hold one chunk of 100 x 50 .* --chunks 46 50"):
         PassEngine(open_source(stored), memory=150_000)

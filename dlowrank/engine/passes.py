@@ -163,8 +163,8 @@ class Plan:
             if layout == "block":
                 warnings.warn(
                     f"a row panel of {max(tall_chunks[0])} x {tall_shape[1]} needs "
-                    f"{widest / 2**30:.2f} GiB, above the {budget / TASK_FACTOR / 2**30:.2f} "
-                    f"GiB for a panel (a third of a task's {budget / 2**30:.2f} GiB): working "
+                    f"{format_bytes(widest)}, above the {format_bytes(budget // TASK_FACTOR)} "
+                    f"for a panel (a third of a task's {format_bytes(budget)}): working "
                     "chunk by chunk, which costs two passes per power iteration; store A "
                     "with fewer rows per chunk to avoid this",
                     DlowrankWarning,
