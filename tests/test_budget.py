@@ -111,3 +111,13 @@ def test_a_matrix_three_times_a_cgroup_cap_runs_under_it(tmp_path):
     capped = dlowrank.load(tmp_path / "r0.zarr")
     np.testing.assert_allclose(capped.rel_error, free.rel_error, rtol=1e-10)
     np.testing.assert_allclose(capped.s, free.s, rtol=1e-10)
+
+
+def test_peak_memory_counts_the_whole_process_tree():
+    from dlowrank.runtime.budget import PeakMemory
+
+    child = "import numpy as np, time; a = np.ones(25_000_000); time.sleep(2)"  # 200 MB
+    with PeakMemory(interval=0.05) as tree:
+        own = tree.peak
+        subprocess.run([sys.executable, "-c", child], check=True, timeout=60)
+    assert tree.peak >= own + 180e6

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from dlowrank.generate import generate
 from dlowrank.io.matrix import open_matrix
 from dlowrank.io.source import open_source
 from dlowrank.kernels import passkernels
+from dlowrank.runtime.budget import PeakMemory
 from dlowrank.streaming import randomized_svd, sketch_svd
 
 logger = logging.getLogger(__name__)
@@ -51,38 +51,6 @@ class Row:
     rel_error: float | None
     ratio_to_optimal: float | None = None
     speedup_vs_dask: float | None = None
-
-
-class PeakMemory:
-    """Samples the resident memory of this process and all its children (workers)."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak = interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += child.memory_info().rss
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        self.peak = self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._sample())
 
 
 def true_error(url: str, u: np.ndarray, s: np.ndarray, vt: np.ndarray, client: Any) -> float:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dlowrank.app.bench import PeakMemory
+from dlowrank.runtime.budget import PeakMemory
 
 
 def nmf_matrix(m: int, n: int, rank: int, seed: int) -> np.ndarray:

@@ -489,26 +489,24 @@ class _Reporter:
                 )
 
 
-def _peak_memory_mb() -> float:
+def _run_and_report(cfg: Any, dry_run: bool, as_json: bool, quiet: bool) -> None:
     import resource
 
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + kids) / 1024
-
-
-def _run_and_report(cfg: Any, dry_run: bool, as_json: bool, quiet: bool) -> None:
     from dlowrank.app.jobs import run_job
+    from dlowrank.runtime.budget import PeakMemory
 
     start = time.perf_counter()
     say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
-    outcome = run_job(cfg, dry_run=dry_run, progress=_Reporter(quiet), say=say)
+    with PeakMemory(interval=0.1) as tree:
+        outcome = run_job(cfg, dry_run=dry_run, progress=_Reporter(quiet), say=say)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10  # exact, this process
     summary = {
         "status": outcome.status,
         "command": cfg.command,
         **outcome.summary,
         "seconds": time.perf_counter() - start,
-        "peak_memory_mb": _peak_memory_mb(),
+        # the process tree's peak (sampled every 0.1 s), at least this process's own
+        "peak_memory_mb": max(tree.peak, own) / 2**20,
     }
     if as_json:
         _emit_json({k: v for k, v in summary.items() if k != "singular_values"})

@@ -17,9 +17,12 @@ memory), hence this module. An explicit ``memory=`` / ``--memory`` overrides it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -112,3 +115,37 @@ def measure(memory: int | None = None) -> Budget:
         bounds.append((soft - mapped + rss, f"RLIMIT_AS {soft / 2**20:.0f} MiB"))
     limit, source = min(bounds)
     return Budget(max(limit - rss, 0), f"{source}, minus {rss / 2**20:.0f} MiB held")
+
+
+class PeakMemory:
+    """The peak resident memory of this process and all its descendants (a cluster's
+    workers) together, sampled every ``interval`` seconds: the process tree's peak,
+    where ``ru_maxrss`` gives only each process's own."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
