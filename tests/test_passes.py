@@ -91,3 +91,26 @@ def test_engine_works_chunk_by_chunk_with_a_warning_when_a_panel_exceeds_the_bud
     assert one.plan.threads == 1 and one.layout == "block"
     with pytest.raises(InputError, match=r"cannot hold one chunk of 100 x 50 .* --chunks 46 50"):
         PassEngine(open_source(stored), memory=150_000)
+
+
+def _rows_seen(block, rows, cols, u):
+    """Which rows of ``u`` the task got, and its piece's global rows."""
+    return {
+        "sums": {},
+        "rows": {"got": u[:, 0].copy(), "want": np.arange(*rows, dtype=float)},
+        "cols": {},
+    }
+
+
+@pytest.mark.parametrize("layout", ["panel", "block"])
+def test_a_task_receives_only_its_rows_of_an_m_row_operand(stored, layout):
+    from dlowrank.engine.passes import ByRows, PassEngine
+    from dlowrank.io.source import open_source
+
+    engine = PassEngine(open_source(stored), layout=layout, memory=1_600_000)  # small panels
+    m = engine.tall_shape[0]
+    u = np.repeat(np.arange(m, dtype=float)[:, None], 3, axis=1)
+    out = engine.run(_rows_seen, ByRows(u))
+    assert len(out.rows["got"]) == len(engine.row_ranges) > 1
+    for got, want in zip(out.rows["got"], out.rows["want"], strict=True):
+        np.testing.assert_array_equal(got, want)  # (both summed over the row's pieces)

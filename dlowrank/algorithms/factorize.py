@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlowrank.algorithms import rsvd as _rsvd
-from dlowrank.engine.passes import PassEngine
+from dlowrank.engine.passes import ByRows, PassEngine
 from dlowrank.errors import InputError, ParameterError
 from dlowrank.kernels import factor, passkernels, random
 
@@ -161,7 +161,7 @@ def gradient_descent(
 
     for _ in range(max_iter):
         first = st.n_iter == 0
-        out = engine.run(passkernels.residual_step, y_u, y_v, masked, first)
+        out = engine.run(passkernels.residual_step, ByRows(y_u), y_v, masked, first)
         st.n_iter += 1
         st.fro2 = engine.fro2
         if first:
@@ -221,7 +221,7 @@ def nmf(
     st = State(w, h)
     for _ in range(max_iter):
         first = st.n_iter == 0
-        out = engine.run(passkernels.nmf_step, st.u, st.v, alpha, solver)
+        out = engine.run(passkernels.nmf_step, ByRows(st.u), st.v, alpha, solver)
         st.fro2 = engine.fro2
         if first:
             _check_nonnegative(engine, out, name)

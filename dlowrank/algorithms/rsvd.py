@@ -30,7 +30,7 @@ import numpy as np
 import scipy.linalg
 
 from dlowrank.algorithms.common import orthonormalize, relative_error, tall_qr
-from dlowrank.engine.passes import PassEngine
+from dlowrank.engine.passes import ByRows, PassEngine
 from dlowrank.kernels import exact, passkernels, random
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _power_iterations(engine: PassEngine, x: np.ndarray, n_power_iter: int) -> n
             z = engine.run(passkernels.gram_apply, x).sums["z"]
         else:  # two passes per iteration: Y = A X, then Z = A^T Y
             y = np.concatenate(engine.run(passkernels.apply_block, x).rows["y"])
-            z = np.concatenate(engine.run(passkernels.adjoint_block, y).cols["z"])
+            z = np.concatenate(engine.run(passkernels.adjoint_block, ByRows(y)).cols["z"])
         x = orthonormalize(z)
     return x
 
@@ -68,13 +68,13 @@ def _final_panel(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndar
         b = scipy.linalg.solve_triangular(r, out.sums["w"].T, trans="T")
     else:
         logger.info("cond(R) = %.3g > %.3g: one more pass computes Q^T A exactly", cond, SAFE_COND)
-        b = engine.run(passkernels.project, q).sums["b"]
+        b = engine.run(passkernels.project, ByRows(q)).sums["b"]
     return q, b
 
 
 def _final_block(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q, _ = tall_qr(engine.run(passkernels.apply_block, x).rows["y"])
-    b = np.concatenate(engine.run(passkernels.adjoint_block, q).cols["z"]).T
+    b = np.concatenate(engine.run(passkernels.adjoint_block, ByRows(q)).cols["z"]).T
     return q, b
 
 

@@ -26,7 +26,7 @@ import dask.array as da
 import numpy as np
 import psutil
 
-from dlowrank.engine.passes import PassEngine
+from dlowrank.engine.passes import ByRows, PassEngine
 from dlowrank.generate import generate
 from dlowrank.io.matrix import open_matrix
 from dlowrank.io.source import open_source
@@ -60,7 +60,7 @@ def true_error(url: str, u: np.ndarray, s: np.ndarray, vt: np.ndarray, client: A
         u, vt = vt.T, u.T
     out = engine.run(
         passkernels.residual,
-        np.asarray(u, np.float64),
+        ByRows(np.asarray(u, np.float64)),
         np.asarray(s, np.float64),
         np.asarray(vt, np.float64),
     )

@@ -106,6 +106,18 @@ def _tree_sum(parts: list[Any]) -> Any:
     return parts[0]
 
 
+@dataclass(frozen=True)
+class ByRows:
+    """An operand with one row per row of A (tall orientation): each piece's task receives
+    only the rows of its own piece (``array[r0:r1]``), never the whole."""
+
+    array: np.ndarray
+
+
+class _Slices(list):
+    """A ByRows operand cut by the engine's row ranges."""
+
+
 #: The key under which the first pass sums ||A||_F^2 (taken out before algorithms see it).
 FRO2 = "__fro2__"
 
@@ -357,7 +369,8 @@ class PassEngine:
 
         The kernel gets a float block of the tall-oriented A (a NumPy array, or a
         SciPy sparse matrix for a ratings source) with its global ``rows`` and
-        ``cols`` ranges and returns ``{"sums": {...}, "rows": {...}, "cols": {...}}``
+        ``cols`` ranges (and, for a :class:`ByRows` argument, only that argument's rows
+        ``rows[0]:rows[1]``) and returns ``{"sums": {...}, "rows": {...}, "cols": {...}}``
         of arrays. Large broadcast ``args`` are shared, not copied per task. The
         first pass also sums ||A||_F^2 into :attr:`fro2` and refuses non-finite input.
         """
@@ -492,11 +505,32 @@ class PassEngine:
                 "published. Run again once the input is final"
             )
 
+    def _args(self, args: tuple) -> list:
+        """Arguments as the tasks receive them: broadcast ones shared once, ByRows ones cut
+        into the slices of the row ranges (one per range)."""
+        return [_Slices(self._slices(a)) if isinstance(a, ByRows) else self._share(a) for a in args]
+
+    def _slices(self, arg: ByRows) -> list:
+        client = self.client
+        out = []
+        for r0, r1 in self.row_ranges:
+            part = arg.array[r0:r1]
+            big = client is not None and part.nbytes > SCATTER_BYTES
+            out.append(client.scatter(part, hash=False) if big else dask.delayed(part))
+        return out
+
+    @staticmethod
+    def _for_rows(args: list, i: int) -> tuple:
+        """The arguments of a piece in row range ``i``."""
+        return tuple(a[i] if isinstance(a, _Slices) else a for a in args)
+
     def run_pieces(self, kernel: Callable, *args: Any) -> list[Any]:
         """One pass returning every piece's own output, unreduced (for diagnostics)."""
-        shared = tuple(self._share(a) for a in args)
+        shared = self._args(args)
         leaves = [
-            self._piece(r, c, kernel, shared) for r in self.row_ranges for c in self.col_ranges
+            self._piece(r, c, kernel, self._for_rows(shared, i))
+            for i, r in enumerate(self.row_ranges)
+            for c in self.col_ranges
         ]
         client = self.client
         out = (
@@ -512,9 +546,9 @@ class PassEngine:
             self.progress(event)
 
     def _compute(self, kernel: Callable, args: tuple, index: int) -> PassOutput:
-        shared = tuple(self._share(a) for a in args)
+        shared = self._args(args)
         leaves = {
-            (i, j): self._piece(r, c, kernel, shared)
+            (i, j): self._piece(r, c, kernel, self._for_rows(shared, i))
             for i, r in enumerate(self.row_ranges)
             for j, c in enumerate(self.col_ranges)
         }

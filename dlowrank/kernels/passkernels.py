@@ -79,9 +79,10 @@ def range_and_adjoint(block, rows, cols, x) -> dict:
 
 
 def project(block, rows, cols, q) -> dict:
-    """B += Q_i^T A_i: the explicit projection, when W = A^T Y cannot be used safely."""
+    """B += Q_i^T A_i: the explicit projection, when W = A^T Y cannot be used safely
+    (``q``: the piece's rows Q_i only)."""
     return {
-        "sums": {"b": _left(q[rows[0] : rows[1]].T, _f64(block))},
+        "sums": {"b": _left(q.T, _f64(block))},
         "rows": _EMPTY,
         "cols": _EMPTY,
     }
@@ -94,8 +95,8 @@ def apply_block(block, rows, cols, x) -> dict:
 
 
 def adjoint_block(block, rows, cols, y) -> dict:
-    """Block kernel: Z_j += A_ij^T Y_i (per column range)."""
-    z = np.asarray(_f64(block).T @ y[rows[0] : rows[1]])
+    """Block kernel: Z_j += A_ij^T Y_i (per column range; ``y``: the piece's rows Y_i)."""
+    z = np.asarray(_f64(block).T @ y)
     return {"sums": {}, "rows": _EMPTY, "cols": {"z": z}}
 
 
@@ -140,11 +141,12 @@ def nystrom_sketch(block, rows, cols, seed, n, k, d) -> dict:
 
 
 def residual(block, rows, cols, u, s, vt) -> dict:
-    """||A_i - U_i S V^T||_F^2 for the row panel (exact: no cancellation) and ||A_i||_F^2."""
+    """||A_i - U_i S V^T||_F^2 for the row panel (exact: no cancellation) and ||A_i||_F^2
+    (``u``: the panel's rows U_i)."""
     a = _f64(block)
     if scipy.sparse.issparse(a):
         a = a.toarray()
-    r = a - (u[rows[0] : rows[1]] * s) @ vt[:, cols[0] : cols[1]]
+    r = a - (u * s) @ vt[:, cols[0] : cols[1]]
     return {"sums": {"res2": fro2(r), "fro2": fro2(a)}, "rows": _EMPTY, "cols": _EMPTY}
 
 
@@ -192,7 +194,7 @@ def _als_sparse(s, rows, v, alpha) -> dict:
 
 def _residual_sparse(s, rows, u, v, first) -> dict:
     s, _, rowidx = _sparse_parts(s)
-    ui = u[rows[0] : rows[1]]
+    ui = u
     r = s.copy()
     r.data = np.einsum("tk,tk->t", ui[rowidx], v[s.indices]) - s.data
     sums = {"rtu": np.asarray(r.T @ ui), "res2": np.asarray(np.sum(r.data * r.data))}
@@ -241,11 +243,12 @@ def als_step(block, rows, cols, v, inv_v, alpha, masked) -> dict:
 
 
 def residual_step(block, rows, cols, u, v, masked, first) -> dict:
-    """Gradient terms at (U, V): R_i = m * (U_i V^T - A_i); rows R_i V, sums R_i^T U_i, ||R||^2."""
+    """Gradient terms at (U, V): R_i = m * (U_i V^T - A_i); rows R_i V, sums R_i^T U_i,
+    ||R||^2 (``u``: the panel's rows U_i)."""
     if scipy.sparse.issparse(block):
         return _residual_sparse(block, rows, u, v, first)
     a, mask = _observed(block, masked)
-    ui = u[rows[0] : rows[1]]
+    ui = u
     r = ui @ v.T - a
     if mask is not None:
         r *= mask
@@ -259,13 +262,14 @@ def residual_step(block, rows, cols, u, v, masked, first) -> dict:
 
 
 def nmf_step(block, rows, cols, w, h, alpha, solver) -> dict:
-    """Fused NMF iteration on a row panel: update W_i (HALS or MU) from H, then the
+    """Fused NMF iteration on a row panel (``w``: its rows W_i): update W_i (HALS or MU)
+    from H, then the
     H-side sums A_i^T W_i, W_i^T W_i, with the loss terms of (W_i, H) and the
     smallest entry of the panel (negative input is refused after the first pass)."""
     a = _f64(block)
     ah = a @ h
     hth = h.T @ h
-    wi = w[rows[0] : rows[1]]
+    wi = w
     wi = (
         factor.hals_update(wi, ah, hth, alpha)
         if solver == "hals"
