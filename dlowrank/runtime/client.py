@@ -22,6 +22,7 @@ import dask
 from dask.system import CPU_COUNT
 
 from dlowrank.errors import ClusterError, DlowrankWarning, ParameterError
+from dlowrank.runtime.budget import MMAP_THRESHOLD
 
 #: A default LocalCluster's workers share this part of the measured budget (the rest: the
 #: scheduler and this process's growth), one worker per core while each gets at least
@@ -151,8 +152,18 @@ def local_cluster(
     kwargs.update(security=security if security is not None else True, protocol="tls://")
     # distributed's scheduler always runs an HTTP server (dashboard_address=None still
     # listens on 8787); bind it to a free loopback port and serve only the health check
+    # workers give freed chunks back to the system (see runtime.budget.return_freed_memory)
+    environ = {
+        **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+        "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+    }
     with (
-        dask.config.set({"distributed.scheduler.http.routes": ["distributed.http.health"]}),
+        dask.config.set(
+            {
+                "distributed.scheduler.http.routes": ["distributed.http.health"],
+                "distributed.nanny.pre-spawn-environ": environ,
+            }
+        ),
         LocalCluster(
             host="127.0.0.1", dashboard_address="127.0.0.1:0", processes=True, **kwargs
         ) as cluster,
