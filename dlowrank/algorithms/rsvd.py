@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from dlowrank.algorithms.common import orthonormalize, relative_error, tall_qr
+from dlowrank.algorithms.common import orthonormalize, relative_error
 from dlowrank.engine.passes import ByRows, PassEngine
-from dlowrank.kernels import exact, passkernels, random
+from dlowrank.kernels import exact, passkernels, qr, random
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _power_iterations(engine: PassEngine, x: np.ndarray, n_power_iter: int) -> n
         if engine.layout == "panel":
             z = engine.run(passkernels.gram_apply, x).sums["z"]
         else:  # two passes per iteration: Y = A X, then Z = A^T Y
-            y = np.concatenate(engine.run(passkernels.apply_block, x).rows["y"])
+            y = engine.run(passkernels.apply_block, x).rows["y"]  # panels, not concatenated
             z = np.concatenate(engine.run(passkernels.adjoint_block, ByRows(y)).cols["z"])
         x = orthonormalize(z)
     return x
@@ -62,20 +62,20 @@ def _power_iterations(engine: PassEngine, x: np.ndarray, n_power_iter: int) -> n
 
 def _final_panel(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = engine.run(passkernels.range_and_adjoint, x)
-    q, r = tall_qr(out.rows["y"])
+    q, r = qr.cholesky_qr(out.rows["y"])  # Q as row panels
     cond = np.linalg.cond(r)
     if cond <= SAFE_COND:
         b = scipy.linalg.solve_triangular(r, out.sums["w"].T, trans="T")
     else:
         logger.info("cond(R) = %.3g > %.3g: one more pass computes Q^T A exactly", cond, SAFE_COND)
         b = engine.run(passkernels.project, ByRows(q)).sums["b"]
-    return q, b
+    return np.concatenate(q), b
 
 
 def _final_block(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    q, _ = tall_qr(engine.run(passkernels.apply_block, x).rows["y"])
+    q, _ = qr.cholesky_qr(engine.run(passkernels.apply_block, x).rows["y"])
     b = np.concatenate(engine.run(passkernels.adjoint_block, ByRows(q)).cols["z"]).T
-    return q, b
+    return np.concatenate(q), b
 
 
 def range_sketch(

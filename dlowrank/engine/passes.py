@@ -109,9 +109,11 @@ def _tree_sum(parts: list[Any]) -> Any:
 @dataclass(frozen=True)
 class ByRows:
     """An operand with one row per row of A (tall orientation): each piece's task receives
-    only the rows of its own piece (``array[r0:r1]``), never the whole."""
+    only the rows of its own piece (``array[r0:r1]``), never the whole. ``array`` may also
+    be the list of its panels, one per row range (as a pass's ``rows`` output is), so
+    they need not be concatenated first."""
 
-    array: np.ndarray
+    array: np.ndarray | list
 
 
 class _Slices(list):
@@ -513,8 +515,9 @@ class PassEngine:
     def _slices(self, arg: ByRows) -> list:
         client = self.client
         out = []
-        for r0, r1 in self.row_ranges:
-            part = arg.array[r0:r1]
+        panels = arg.array if isinstance(arg.array, list) else None
+        for i, (r0, r1) in enumerate(self.row_ranges):
+            part = panels[i] if panels is not None else arg.array[r0:r1]
             big = client is not None and part.nbytes > SCATTER_BYTES
             out.append(client.scatter(part, hash=False) if big else dask.delayed(part))
         return out

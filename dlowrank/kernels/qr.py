@@ -6,8 +6,8 @@ G = sum_i Y_i^T Y_i and a triangular factor R applied panel by panel (Q_i = Y_i 
 That is the shape a pass over panels computes (each task sums its own Y_i^T Y_i), so
 the same code serves panels in memory now and panels left on workers or in scratch
 storage. A Gram costs 2 m l^2 flops and parallelizes perfectly; measured on this
-project's 2-core machine, Y^T Y of a 2,000,000 x 30 sketch took 0.14 s where
-``np.linalg.qr`` took 12.6 s.
+project's 2-core machine, ``cholesky_qr`` of a 2,000,000 x 30 Gaussian in 8 panels
+took 1.24 s (warm) where ``np.linalg.qr`` took 6.67 s.
 
 Why CholeskyQR2, and shifted CholeskyQR3 when ill-conditioned (Fukaya, Kannan,
 Nakatsukasa, Yamamoto, Yanagisawa 2020, *Shifted Cholesky QR for computing the QR
