@@ -91,14 +91,17 @@ class _Provenance:
         version, is written last in one atomic step (see module doc).
         """
         kwargs = {"storage_options": storage_options} if storage_options else {}
-        arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in self._arrays}
+        arrays = {name: _in_memory_or_lazy(getattr(self, name)) for name in self._arrays}
         attrs = {**self.to_dict(), "checksums": {k: _checksum(v) for k, v in arrays.items()}}
 
         def write(version: str) -> None:
             group = zarr.open_group(version, mode="w", **kwargs)
             group.attrs["dlowrank"] = attrs  # first: the version is recognisably dlowrank's
             for name, data in arrays.items():
-                group.create_array(name, data=data)
+                if isinstance(data, np.ndarray):
+                    group.create_array(name, data=data)
+                else:  # a factor larger than memory: copied chunk by chunk, never whole
+                    _store_lazy(group, name, data)
 
         publish_result(
             url,
@@ -110,9 +113,57 @@ class _Provenance:
         )
 
 
-def _checksum(a: np.ndarray) -> str:
-    """SHA-256 of an array's bytes: load verifies what it read against it."""
-    return hashlib.sha256(np.ascontiguousarray(a)).hexdigest()
+#: Largest piece of a lazy factor read at once (to hash or copy it).
+SLAB_BYTES = 64 << 20
+
+
+def _in_memory_or_lazy(a: Any) -> Any:
+    """NumPy arrays as they are (contiguous); dask arrays stay lazy."""
+    return a if _is_lazy(a) else np.ascontiguousarray(a)
+
+
+def _is_lazy(a: Any) -> bool:
+    return not isinstance(a, np.ndarray) and hasattr(a, "shape") and hasattr(a, "dtype")
+
+
+def _slabs(shape: tuple, itemsize: int):
+    """Index tuples covering an array in C order, each of at most SLAB_BYTES (whole rows
+    while a row fits, else pieces of one row)."""
+    if len(shape) != 2:
+        yield (slice(None),)
+        return
+    m, n = shape
+    row = max(1, n * itemsize)
+    if row <= SLAB_BYTES:
+        step = max(1, SLAB_BYTES // row)
+        for r in range(0, m, step):
+            yield (slice(r, min(m, r + step)), slice(None))
+        return
+    step = max(1, SLAB_BYTES // itemsize)
+    for r in range(m):
+        for c in range(0, n, step):
+            yield (slice(r, r + 1), slice(c, min(n, c + step)))
+
+
+def _checksum(a: Any) -> str:
+    """SHA-256 of an array's bytes in C order: load verifies what it read against it. A
+    lazy array (dask, or an open Zarr array) is hashed piece by piece, never whole."""
+    if isinstance(a, np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(a)).hexdigest()
+    h = hashlib.sha256()
+    for index in _slabs(a.shape, np.dtype(a.dtype).itemsize):
+        h.update(np.ascontiguousarray(np.asarray(a[index])))
+    return h.hexdigest()
+
+
+def _store_lazy(group: Any, name: str, data: Any) -> None:
+    """Write a dask array into ``group`` in its own chunking (each task writes whole Zarr
+    chunks)."""
+    import dask.array as da
+
+    chunks = tuple(c[0] for c in data.chunks)
+    target = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
+    da.store(data.rechunk(chunks), target, lock=False)
 
 
 @dataclass(frozen=True, repr=False)
@@ -124,6 +175,11 @@ class SVDResult(_Provenance):
     largest-magnitude entry of each column of ``u`` is positive). ``rel_error`` is
     ``||a - u diag(s) vt||_F / ||a||_F``, exact or estimated as ``error_kind``
     says; ``passes`` is the number of full reads of ``a``.
+
+    Tall factors: a factor of at most ``dlowrank.factor-memory`` bytes (dask config,
+    default 256 MB) is a NumPy array; a larger one (``u``, or ``vt`` of a wide input)
+    is a dask array over a Zarr copy in a temporary folder that lives as long as the
+    array, so it is never whole in memory. ``save`` copies it chunk by chunk.
     """
 
     u: np.ndarray = None
@@ -225,6 +281,11 @@ def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDR
     concurrent replacement removed that version meanwhile, it reads the pointer
     again. So a reader gets the old result or the new one, whole, never a mix.
 
+    An array larger than ``dlowrank.factor-memory`` (dask config; default 256 MB) is
+    returned lazily, as a dask array reading the stored version (its checksum is
+    verified piece by piece first); it stays readable until a later replacement of
+    the result removes that version.
+
     Examples
     --------
     >>> import tempfile, os, numpy as np, dlowrank
@@ -243,7 +304,7 @@ def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDR
         base = f"{url}/{attrs['current']}" if attrs.get("current") else url
         try:
             arrays = {
-                n: zarr.open_array(f"{base}/{n}", mode="r", **kwargs)[...] for n in cls._arrays
+                n: _read(zarr.open_array(f"{base}/{n}", mode="r", **kwargs)) for n in cls._arrays
             }
         except Exception as exc:  # the version went away under us: read the pointer again
             problem = f"{type(exc).__name__}: {exc}"
@@ -259,6 +320,20 @@ def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDR
         f"result {url} could not be read whole in {LOAD_ATTEMPTS} attempts ({problem}); it is "
         "damaged, or being replaced very often"
     )
+
+
+def _read(array: Any) -> Any:
+    """A stored array: in memory when at most ``dlowrank.factor-memory`` bytes (default
+    256 MB), else lazily, as a dask array over the stored one (its checksum is still
+    verified on load, reading it piece by piece)."""
+    from dlowrank.engine.tall import factor_limit
+
+    nbytes = int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize
+    if nbytes <= factor_limit():
+        return array[...]
+    import dask.array as da
+
+    return da.from_zarr(array)
 
 
 def _pointer(url: str, storage_options: dict | None) -> dict:

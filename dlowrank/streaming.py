@@ -334,7 +334,7 @@ def _fixed_precision(engine, max_error, max_rank, q, p, seq):
 def _rayleigh_ritz(factors, rank: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Eigenpairs from the sketch's range: with U = Q U_B, T = U^T A U = S V^T U, from
     quantities at hand (no pass). ||A - U T U^T||_F^2 = ||A||_F^2 - ||T||_F^2."""
-    basis = factors.u
+    basis = factors.u.to_numpy()  # n rows: A is square, the short side is as long
     t = (factors.s[:, None] * factors.vt) @ basis
     t = check_symmetric(t, dtype, "U^T A U on its sketch", "use symmetric=False")
     w, v = exact.eigh_by_magnitude(t)

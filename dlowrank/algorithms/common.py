@@ -16,11 +16,11 @@ def orthonormalize(z: np.ndarray) -> np.ndarray:
 
 
 def tall_qr(panels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Q (m, l) and R of a tall sketch given as row panels, from their Gram matrices
-    (CholeskyQR2, shifted when ill-conditioned: :mod:`dlowrank.kernels.qr`); never a
-    LAPACK QR of an m-row array."""
+    """Q (m, l) in memory and R of a sketch given as row panels (n-sized sketches only),
+    from their Gram matrices (CholeskyQR2, shifted when ill-conditioned:
+    :mod:`dlowrank.kernels.qr`); never a LAPACK QR of an m-row array."""
     q, r = qr.cholesky_qr(panels)
-    return np.concatenate(q), r
+    return q.to_numpy(), r
 
 
 def relative_error(fro2: float, captured: np.ndarray) -> float:

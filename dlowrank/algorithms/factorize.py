@@ -50,7 +50,7 @@ def svd_init(
     """Rank-k randomized SVD (q = 1: two passes) of the tall-oriented A."""
     m, n = engine.tall_shape
     f = _rsvd.range_sketch(engine, min(k + 10, min(m, n)), 1, seed)
-    return f.u[:, :k], f.s[:k], f.vt[:k]
+    return f.u.columns(k).to_numpy(), f.s[:k], f.vt[:k]  # the row factor is gathered here
 
 
 def random_init(
@@ -107,7 +107,7 @@ def als(
         st.fro2 = engine.fro2
         if first:
             _check_observed(engine, out, masked)
-        u = np.concatenate(out.rows["u"])
+        u = out.rows["u"].to_numpy()
         st.loss.append(0.5 * (st.fro2 + float(out.sums["fit"])) + _penalty(alpha, u, st.v))
         atu = out.sums["atu"]
         if masked:
@@ -174,7 +174,7 @@ def gradient_descent(
                 x_u, x_v = y_u, y_v
                 continue
         loss = 0.5 * float(out.sums["res2"]) + _penalty(alpha, y_u, y_v)
-        grad_u = np.concatenate(out.rows["rv"]) + alpha * y_u
+        grad_u = out.rows["rv"].to_numpy() + alpha * y_u
         grad_v = out.sums["rtu"] + alpha * y_v
         if best is not None and loss > best[0]:
             if plain:  # even a plain gradient step failed: smaller steps
@@ -225,7 +225,7 @@ def nmf(
         st.fro2 = engine.fro2
         if first:
             _check_nonnegative(engine, out, name)
-        w = np.concatenate(out.rows["w"])
+        w = out.rows["w"].to_numpy()
         st.loss.append(0.5 * (st.fro2 + float(out.sums["fit"])) + _penalty(alpha, w, st.v))
         atw, wtw = out.sums["atw"], out.sums["wtw"]
         update = factor.hals_update if solver == "hals" else factor.mu_update

@@ -17,6 +17,7 @@ import scipy.linalg
 from dlowrank.algorithms.common import check_symmetric, tall_qr
 from dlowrank.algorithms.sketch import _test_times, error_interval
 from dlowrank.engine.passes import PassEngine
+from dlowrank.engine.tall import memory_tall
 from dlowrank.errors import InputError
 from dlowrank.kernels import passkernels, random
 
@@ -95,12 +96,12 @@ def nystrom(
     key = (seed.entropy, tuple(seed.spawn_key))
     out = engine.run(passkernels.nystrom_sketch, key, n, k, d)
     fro2 = engine.fro2
-    y = np.concatenate(out.rows["y"])
+    y = np.concatenate(list(out.rows["y"]))  # n rows: the short side of a square A
     omega = random.gaussian_rows(key[0], key[1], random.Stream.SKETCH_OMEGA, n, k, 0, n)
     _core(omega, y, dtype)  # A symmetric and PSD on the sketch, or refused
     w, v = _shifted_nystrom(y, omega, rank)
     e = np.concatenate(out.cols["e"], axis=1)
-    theta_v = _test_times(key, random.Stream.SKETCH_THETA, n, d, v)  # Theta V
+    theta_v = _test_times(key, random.Stream.SKETCH_THETA, n, d, memory_tall([v]))  # Theta V
     resid = e - (theta_v * w) @ v.T
     est = float(np.sqrt(np.sum(resid**2) / d / fro2)) if fro2 > 0 else 0.0
     return NystromFactors(w, v, est, error_interval(est, d))

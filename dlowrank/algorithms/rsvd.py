@@ -31,6 +31,7 @@ import scipy.linalg
 
 from dlowrank.algorithms.common import orthonormalize, relative_error
 from dlowrank.engine.passes import ByRows, PassEngine
+from dlowrank.engine.tall import Tall
 from dlowrank.kernels import exact, passkernels, qr, random
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,10 @@ SAFE_COND = np.finfo(np.float64).eps ** -0.5
 
 @dataclass
 class Factors:
-    """Tall-oriented factors with the quantities their error needs."""
+    """Tall-oriented factors with the quantities their error needs; ``u`` is a Tall
+    (row panels in memory or in scratch, see :mod:`dlowrank.engine.tall`)."""
 
-    u: np.ndarray  # (m, l) orthonormal
+    u: Tall  # (m, l) orthonormal
     s: np.ndarray  # (l,)
     vt: np.ndarray  # (l, n)
     fro2: float
@@ -54,13 +56,13 @@ def _power_iterations(engine: PassEngine, x: np.ndarray, n_power_iter: int) -> n
         if engine.layout == "panel":
             z = engine.run(passkernels.gram_apply, x).sums["z"]
         else:  # two passes per iteration: Y = A X, then Z = A^T Y
-            y = engine.run(passkernels.apply_block, x).rows["y"]  # panels, not concatenated
+            y = engine.run(passkernels.apply_block, x).rows["y"]  # panels, never gathered
             z = np.concatenate(engine.run(passkernels.adjoint_block, ByRows(y)).cols["z"])
         x = orthonormalize(z)
     return x
 
 
-def _final_panel(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _final_panel(engine: PassEngine, x: np.ndarray) -> tuple[Tall, np.ndarray]:
     out = engine.run(passkernels.range_and_adjoint, x)
     q, r = qr.cholesky_qr(out.rows["y"])  # Q as row panels
     cond = np.linalg.cond(r)
@@ -69,13 +71,13 @@ def _final_panel(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     else:
         logger.info("cond(R) = %.3g > %.3g: one more pass computes Q^T A exactly", cond, SAFE_COND)
         b = engine.run(passkernels.project, ByRows(q)).sums["b"]
-    return np.concatenate(q), b
+    return q, b
 
 
-def _final_block(engine: PassEngine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _final_block(engine: PassEngine, x: np.ndarray) -> tuple[Tall, np.ndarray]:
     q, _ = qr.cholesky_qr(engine.run(passkernels.apply_block, x).rows["y"])
     b = np.concatenate(engine.run(passkernels.adjoint_block, ByRows(q)).cols["z"]).T
-    return np.concatenate(q), b
+    return q, b
 
 
 def range_sketch(
@@ -90,12 +92,12 @@ def range_sketch(
     final = _final_panel if engine.layout == "panel" else _final_block
     q, b = final(engine, x)
     ub, s, vt = exact.svd(b)
-    return Factors(u=q @ ub, s=s, vt=vt, fro2=engine.fro2)
+    return Factors(u=q.times(ub), s=s, vt=vt, fro2=engine.fro2)  # U = Q U_B, pending
 
 
-def truncate(f: Factors, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def truncate(f: Factors, rank: int) -> tuple[Tall, np.ndarray, np.ndarray, float]:
     """Keep ``rank`` terms; the exact relative error of the truncation."""
-    return f.u[:, :rank], f.s[:rank], f.vt[:rank], relative_error(f.fro2, f.s[:rank])
+    return f.u.columns(rank), f.s[:rank], f.vt[:rank], relative_error(f.fro2, f.s[:rank])
 
 
 def rank_for_tol(f: Factors, tol: float) -> int | None:

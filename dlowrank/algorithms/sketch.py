@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.stats
 
-from dlowrank.algorithms.common import orthonormalize, tall_qr
+from dlowrank.algorithms.common import orthonormalize
 from dlowrank.engine.passes import PassEngine
-from dlowrank.kernels import exact, passkernels, random
+from dlowrank.engine.tall import Tall
+from dlowrank.kernels import exact, passkernels, qr, random
 
 #: Two-sided confidence of the stated error interval.
 CONFIDENCE = 0.9
@@ -29,7 +30,7 @@ CONFIDENCE = 0.9
 
 @dataclass
 class SketchFactors:
-    u: np.ndarray  # (m, r)
+    u: Tall  # (m, r), row panels
     s: np.ndarray
     vt: np.ndarray  # (r, n)
     rel_error: float
@@ -37,15 +38,15 @@ class SketchFactors:
     fro2: float
 
 
-def _test_times(seed: tuple, key: int, n_rows: int, width: int, basis: np.ndarray) -> np.ndarray:
+def _test_panel(i: int, span: tuple[int, int], p: np.ndarray, seed, key, n_rows, width):
+    return random.gaussian_rows(seed[0], seed[1], key, n_rows, width, *span).T @ p
+
+
+def _test_times(seed: tuple, key: int, n_rows: int, width: int, basis: Tall) -> np.ndarray:
     """T^T basis for the (n_rows, width) test matrix T named by ``key``, generated panel
-    by panel so that T is never whole in memory; shape (width, basis columns)."""
-    out = np.zeros((width, basis.shape[1]))
-    for start in range(0, n_rows, random.PANEL):
-        stop = min(n_rows, start + random.PANEL)
-        t = random.gaussian_rows(seed[0], seed[1], key, n_rows, width, start, stop)
-        out += t.T @ basis[start:stop]
-    return out
+    by panel beside the basis's panels (by their global rows), so that neither is ever
+    whole in memory; shape (width, basis columns)."""
+    return basis.reduce(_test_panel, args=(seed, key, n_rows, width))
 
 
 def error_interval(estimate: float, d: int) -> tuple[float, float]:
@@ -73,7 +74,7 @@ def sketch(
     )
     out = engine.run(passkernels.three_sketch, key, m, right, k, d)
     fro2 = engine.fro2
-    q, _ = tall_qr(out.rows["y"])
+    q, _ = qr.cholesky_qr(out.rows["y"])  # row panels, never gathered
     x = np.concatenate(out.cols["x"], axis=1)
     p = orthonormalize(x.T)
     phi_q = _test_times(key, random.Stream.SKETCH_PHI, m, s, q)  # (s, k)
@@ -81,7 +82,7 @@ def sketch(
     core = np.linalg.lstsq(phi_q, out.sums["z"], rcond=None)[0]
     core = np.linalg.lstsq(psi_p, core.T, rcond=None)[0].T  # (k, k)
     uc, sc, vct = exact.svd(core)
-    u, sv, vt = q @ uc[:, :rank], sc[:rank], (p @ vct[:rank].T).T
+    u, sv, vt = q.times(uc[:, :rank]), sc[:rank], (p @ vct[:rank].T).T  # u pending
     e = np.concatenate(out.cols["e"], axis=1)
     theta_q = _test_times(key, random.Stream.SKETCH_UPSILON, m, k + d, q)[k:]  # (d, k)
     resid = e - theta_q @ (uc[:, :rank] * sv) @ vt

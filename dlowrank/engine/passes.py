@@ -32,9 +32,18 @@ import dask
 import numpy as np
 from dask.callbacks import Callback
 from dask.system import CPU_COUNT
-from dask.utils import format_bytes
+from dask.utils import format_bytes, parse_bytes
 from threadpoolctl import threadpool_limits
 
+from dlowrank.engine.tall import (
+    TALL_MEMORY,
+    PanelRef,
+    Space,
+    Tall,
+    resolve,
+    scratch_root_of,
+    write_panel,
+)
 from dlowrank.errors import DlowrankWarning, PassTimeoutError, StorageError
 from dlowrank.io.source import DaskSource, Rect
 
@@ -72,7 +81,7 @@ class PassOutput:
     """What one pass accumulated."""
 
     sums: dict[str, np.ndarray]
-    rows: dict[str, list[np.ndarray]]  # per row range, in order of ``row_ranges``
+    rows: dict[str, Any]  # per row range: a Tall for (m, w) outputs, else a list in order
     cols: dict[str, list[np.ndarray]]
 
 
@@ -110,10 +119,10 @@ def _tree_sum(parts: list[Any]) -> Any:
 class ByRows:
     """An operand with one row per row of A (tall orientation): each piece's task receives
     only the rows of its own piece (``array[r0:r1]``), never the whole. ``array`` may also
-    be the list of its panels, one per row range (as a pass's ``rows`` output is), so
-    they need not be concatenated first."""
+    be a :class:`~dlowrank.engine.tall.Tall` or a list of panels, one per row range (as a
+    pass's ``rows`` output is): a stored panel is then read by the task itself."""
 
-    array: np.ndarray | list
+    array: np.ndarray | list | Tall
 
 
 class _Slices(list):
@@ -137,6 +146,7 @@ def _run_piece(
 ) -> dict:
     # a stored source (Zarr array, ratings group) is read here, by the task itself
     block = block_or_source.read(rect) if hasattr(block_or_source, "read") else block_or_source
+    args = tuple(resolve(a) for a in args)  # the piece's own panels of tall operands
     r0, r1, c0, c1 = rect
     if transpose:
         block, r0, r1, c0, c1 = block.T, c0, c1, r0, r1
@@ -314,17 +324,62 @@ class PassEngine:
     ) -> None:
         self.source = source
         self.client = _current_client(client)
-        self.checkpoint = checkpoint
         self.progress = progress
         self.timeout = timeout
         self.missing = missing
         task, threads = _budget(memory, self.client, source)
         self.plan = Plan.make(source, layout, task, threads)
+        self.space = self._space()
+        self._checkpoint = None
+        self.checkpoint = checkpoint
         self.passes = 0
         self.restored = 0
         self.fro2: float | None = None
         self._fingerprint = fingerprint
         self._first_seconds: float | None = None
+
+    def _space(self, root: str | None = None, storage_options: dict | None = None) -> Space:
+        """Where this computation's tall quantities live (see :mod:`dlowrank.engine.tall`):
+        in memory up to ``dlowrank.tall-memory`` bytes each (default: TALL_MEMORY, at
+        most one task's budget), else in scratch Zarr (the checkpoint's folder, or a
+        temporary one)."""
+        limit = dask.config.get("dlowrank.tall-memory", None)
+        if limit is None:
+            limit = min(TALL_MEMORY, self.plan.budget)
+        return Space(
+            self.plan.row_ranges,
+            parse_bytes(limit) if isinstance(limit, str) else int(limit),
+            root=root,
+            storage_options=storage_options,
+            execute=self._execute,
+        )
+
+    @property
+    def checkpoint(self) -> Any:
+        return self._checkpoint
+
+    @checkpoint.setter
+    def checkpoint(self, checkpoint: Any) -> None:
+        """Attach a checkpoint: pass outputs are saved there, tall ones as scratch panels in
+        its folder (so a resumed run reads them back)."""
+        self._checkpoint = checkpoint
+        if checkpoint is not None:
+            self.space.close()
+            self.space = self._space(
+                scratch_root_of(checkpoint), getattr(checkpoint, "storage_options", None)
+            )
+
+    def _execute(self, tasks: list) -> list:
+        """Run tasks that do not read A (operations on tall panels) where passes run."""
+        client = self.client
+        if client is not None:
+            return client.gather(client.compute(tasks))
+        with threadpool_limits(limits=1, user_api="blas"):
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=self.plan.threads))
+
+    def close(self) -> None:
+        """Remove the computation's temporary tall panels (not a checkpoint's pass panels)."""
+        self.space.close()
 
     # the plan, as the algorithms read it
     @property
@@ -381,10 +436,10 @@ class PassEngine:
             kernel = functools.partial(_with_fro2, kernel, self.missing)
         fp = self.input_fingerprint
         saved = self.checkpoint.load(index, name, fp) if self.checkpoint is not None else None
-        if saved is not None:
+        out = self._restore(saved)
+        if out is not None:
             self.passes += 1
             self.restored += 1
-            out = _unflatten(saved)
             self._take_fro2(out)
             self._emit(PassEvent("done", index, 1, 1, restored=True))
             logger.info("pass %d (%s) restored from the checkpoint", index, name)
@@ -395,6 +450,7 @@ class PassEngine:
         self.passes += 1
         if self.checkpoint is not None:
             self.checkpoint.save(index, name, _flatten(out), fp)
+        out = self._tall(out)
         self._take_fro2(out)
         seconds = time.perf_counter() - start
         if self._first_seconds is None:
@@ -402,6 +458,37 @@ class PassEngine:
         nbytes = int(np.prod(self.source.shape)) * self.source.dtype.itemsize
         self._emit(PassEvent("done", index, 1, 1, seconds, nbytes))
         logger.info("pass %d (%s) done in %.2f s", index, name, seconds)
+        return out
+
+    def _restore(self, saved: dict | None) -> PassOutput | None:
+        """A saved pass's output, or None when there is none or its scratch panels are gone
+        (then the pass is read again)."""
+        if saved is None:
+            return None
+        out = _unflatten(saved, getattr(self.checkpoint, "storage_options", None))
+        for values in out.rows.values():
+            if values and isinstance(values[0], PanelRef) and not _all_exist(values):
+                logger.warning(
+                    "checkpoint: the scratch panels of a saved pass are gone; reading it again"
+                )
+                return None
+        return self._tall(out)
+
+    def _tall(self, out: PassOutput) -> PassOutput:
+        """Row outputs with one row per row of A become Talls (their panels stay where the
+        tasks left them); others stay lists."""
+        ranges = self.row_ranges
+
+        def wrap(values: list) -> Any:
+            if values and all(isinstance(v, PanelRef) for v in values):
+                return Tall(self.space, refs=list(values))
+            tall = all(
+                isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[0] == r1 - r0
+                for v, (r0, r1) in zip(values, ranges, strict=True)
+            )
+            return Tall(self.space, panels=list(values)) if values and tall else values
+
+        out.rows = {k: wrap(v) for k, v in out.rows.items()}
         return out
 
     def _take_fro2(self, out: PassOutput) -> None:
@@ -515,9 +602,12 @@ class PassEngine:
     def _slices(self, arg: ByRows) -> list:
         client = self.client
         out = []
-        panels = arg.array if isinstance(arg.array, list) else None
+        array = arg.array
+        if isinstance(array, Tall) and not array.in_memory:
+            return [dask.delayed(array._item(i)) for i in range(len(self.row_ranges))]
+        panels = array if isinstance(array, (list, Tall)) else None
         for i, (r0, r1) in enumerate(self.row_ranges):
-            part = panels[i] if panels is not None else arg.array[r0:r1]
+            part = panels[i] if panels is not None else array[r0:r1]
             big = client is not None and part.nbytes > SCATTER_BYTES
             out.append(client.scatter(part, hash=False) if big else dask.delayed(part))
         return out
@@ -564,6 +654,12 @@ class PassEngine:
         cols = [
             _tree_sum([pick(leaves[i, j], "cols") for i in range(len(self.row_ranges))])
             for j in range(len(self.col_ranges))
+        ]
+        m, space = self.tall_shape[0], self.space
+        prefix = space.folder(f"{index:04d}")
+        rows = [
+            dask.delayed(_settle)(r, i, span, m, space.limit, prefix, space.storage_options)
+            for i, (r, span) in enumerate(zip(rows, self.row_ranges, strict=True))
         ]
         client = self.client
         if client is not None:
@@ -642,16 +738,63 @@ class _PieceCounter(Callback):
             self.engine._emit(PassEvent("piece", self.index, done, self.total))
 
 
+def _settle(
+    rows: dict, i: int, span: tuple, m: int, limit: int, prefix: str, storage_options: Any
+) -> dict:
+    """A row range's outputs as the driver receives them: an (m, w) output larger than the
+    space's limit is written to scratch by this task (only its reference travels)."""
+    out = {}
+    for key, value in rows.items():
+        value = np.asarray(value)
+        if (
+            value.ndim == 2
+            and value.shape[0] == span[1] - span[0]
+            and m * value.shape[1] * 8 > limit
+        ):
+            out[key] = write_panel(f"{prefix}-{key}/p{i:05d}", value, storage_options)
+        else:
+            out[key] = value
+    return out
+
+
+def _all_exist(refs: list) -> bool:
+    from dlowrank.io.matrix import filesystem
+
+    for ref in refs:
+        fs, path = filesystem(ref.url, ref.storage_options)
+        if not fs.exists(f"{path.rstrip('/')}/zarr.json"):
+            return False
+    return True
+
+
+#: Key prefix of a tall output saved as references to its scratch panels.
+_TALL_KEY = "talls__"
+
+
 def _flatten(out: PassOutput) -> dict[str, np.ndarray]:
+    import json
+
     flat = {f"sums__{k}": np.asarray(v) for k, v in out.sums.items()}
     for part in ("rows", "cols"):
         for k, values in getattr(out, part).items():
+            if isinstance(values, Tall) and not values.in_memory:
+                flat[f"{_TALL_KEY}{k}"] = np.array(json.dumps([r.url for r in values.refs]))
+                continue
+            if isinstance(values, list) and values and isinstance(values[0], PanelRef):
+                flat[f"{_TALL_KEY}{k}"] = np.array(json.dumps([r.url for r in values]))
+                continue
             flat.update({f"{part}__{k}__{i}": np.asarray(v) for i, v in enumerate(values)})
     return flat
 
 
-def _unflatten(flat: dict[str, np.ndarray]) -> PassOutput:
+def _unflatten(flat: dict[str, np.ndarray], storage_options: Any = None) -> PassOutput:
+    import json
+
     out = PassOutput(sums={}, rows={}, cols={})
+    for key in [k for k in flat if k.startswith(_TALL_KEY)]:
+        urls = json.loads(str(flat[key]))
+        out.rows[key[len(_TALL_KEY) :]] = [PanelRef(u, storage_options) for u in urls]
+    flat = {k: v for k, v in flat.items() if not k.startswith(_TALL_KEY)}
     for key in sorted(
         flat,
         key=lambda s: (

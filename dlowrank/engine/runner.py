@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dlowrank.engine.passes import PassEngine
+from dlowrank.engine.tall import Tall, column_signs, factor
 from dlowrank.io.source import input_info, open_source
 from dlowrank.kernels import exact
 from dlowrank.params import MAX_TIMEOUT, Param, Spec, parse_seed, seed_record
@@ -177,21 +178,41 @@ class Run:
         params: dict | None = None,
     ) -> Any:
         """An SVDResult from tall-oriented factors: transposition undone, the package's
-        sign convention, A's dtype."""
+        sign convention, A's dtype. ``u`` may be a Tall (row panels): it becomes a NumPy
+        array when small, else a dask array over Zarr (:func:`dlowrank.engine.tall.factor`),
+        never gathered whole."""
         from dlowrank.results import SVDResult
 
-        if self.engine.transpose:
-            u, vt = vt.T, u.T
-        u, vt = exact.sign_flip(u, vt)
         dtype = self.dtype
+        if isinstance(u, Tall):
+            u, vt = self._tall_svd(u, vt)
+        else:
+            if self.engine.transpose:
+                u, vt = vt.T, u.T
+            u, vt = exact.sign_flip(u, vt)
+            u, vt = u.astype(dtype), vt.astype(dtype)
+        self.engine.close()
         return SVDResult(
-            u=u.astype(dtype),
+            u=u,
             s=s.astype(dtype),
-            vt=vt.astype(dtype),
+            vt=vt,
             rel_error=rel_error,
             error_kind=error_kind,
             **self._provenance(algorithm, params),
         )
+
+    def _tall_svd(self, u: Tall, vt: np.ndarray) -> tuple[Any, Any]:
+        """(u, vt) in the input's orientation and sign convention, from a tall-oriented
+        Tall u and a small vt: the sign is decided on the original u (one read of the
+        panels when that is the Tall), then the Tall becomes the result's factor."""
+        dtype = self.dtype
+        rows = self.engine.plan.tall_chunks[0][0]
+        if self.engine.transpose:  # the Tall is the wide input's v
+            small, flips = exact.sign_flip(vt.T, np.eye(vt.shape[0]))
+            signs = np.diag(flips)
+            return small.astype(dtype), factor(u.times(np.diag(signs)), dtype, rows, transpose=True)
+        signs = column_signs(u)
+        return factor(u.times(np.diag(signs)), dtype, rows), (vt * signs[:, None]).astype(dtype)
 
     def eigh(
         self,
@@ -205,6 +226,7 @@ class Run:
     ) -> Any:
         from dlowrank.results import EighResult
 
+        self.engine.close()
         v, _ = exact.sign_flip(v)
         return EighResult(
             w=w.astype(self.dtype),
@@ -218,6 +240,7 @@ class Run:
         """A FactorizationResult from an algorithm's final state (tall orientation undone)."""
         from dlowrank.results import FactorizationResult
 
+        self.engine.close()
         u, v = (st.v, st.u) if self.engine.transpose else (st.u, st.v)
         return FactorizationResult(
             u=u.astype(self.dtype),

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 2  # 2: the first pass holds ||A||_F^2 under the engine's own key
 #: Names of the files a checkpoint writes (all it ever removes).
-_OWN_PREFIXES = ("checkpoint.json", "pass-", ".tmp-")
+_OWN_PREFIXES = ("checkpoint.json", "pass-", ".tmp-", "tall-")
 
 
 class Checkpoint:
@@ -37,6 +37,7 @@ class Checkpoint:
         self, url: str | os.PathLike, meta: dict, *, storage_options: dict | None = None
     ) -> None:
         self.url = os.fspath(url)
+        self.storage_options = storage_options
         self.meta = {"format": FORMAT, **meta}
         #: The input's fingerprint, taken by the caller just before the run (a job's
         #: preflight): the engine then need not take it again. None: the engine takes it.
@@ -197,8 +198,8 @@ class Checkpoint:
             if not self._entries():
                 return
         for name in self._entries():
-            if name.startswith(_OWN_PREFIXES):
-                self.fs.rm(self._file(name))
+            if name.startswith(_OWN_PREFIXES):  # tall-*: a pass's scratch panels (folders)
+                self.fs.rm(self._file(name), recursive=name.startswith("tall-"))
         if self._entries():
             logger.warning(
                 "checkpoint %s: removed dlowrank's files; left the folder, which holds others",

@@ -27,10 +27,12 @@ factorization of ill-conditioned matrices*, SISC, doi:10.1137/18M1218212):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.linalg
+
+from dlowrank.engine.tall import Tall, as_tall
 
 #: Largest cond(R) of a first CholeskyQR step for which plain CholeskyQR2 is used (about
 #: eps^{-1/2} / 100: a margin below the bound of Yamanaka et al.).
@@ -40,18 +42,18 @@ MAX_SHIFTED = 4
 EPS = np.finfo(np.float64).eps
 
 
-def gram(panels: Sequence[np.ndarray]) -> np.ndarray:
+def gram(panels: Any) -> np.ndarray:
     """sum_i Y_i^T Y_i (l x l), symmetrized."""
-    g = sum(p.T @ p for p in panels)
+    g = as_tall(panels).gram()
     return (g + g.T) / 2
 
 
-def apply_inverse(panels: Sequence[np.ndarray], r: np.ndarray) -> list[np.ndarray]:
-    """Q_i = Y_i R^{-1} for an upper triangular R, panel by panel: one GEMM per panel with
-    the l x l inverse (R is well conditioned here, or a shifted step that the next steps
-    correct; the orthogonality tests bound the result)."""
+def apply_inverse(panels: Any, r: np.ndarray) -> Tall:
+    """Q = Y R^{-1} for an upper triangular R: one GEMM per panel with the l x l inverse,
+    pending until a panel is read (R is well conditioned here, or a shifted step that the
+    next steps correct; the orthogonality tests bound the result)."""
     r_inv = scipy.linalg.solve_triangular(r, np.eye(r.shape[0]), lower=False)
-    return [p @ r_inv for p in panels]
+    return as_tall(panels).times(r_inv)
 
 
 def _chol(g: np.ndarray) -> np.ndarray | None:
@@ -61,74 +63,84 @@ def _chol(g: np.ndarray) -> np.ndarray | None:
         return None
 
 
-def _step(panels: Sequence[np.ndarray], g: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+def _step(y: Tall, g: np.ndarray) -> tuple[Tall, np.ndarray]:
     """One CholeskyQR step on panels whose Gram ``g`` is well conditioned."""
     r = scipy.linalg.cholesky(g, lower=False)
-    return apply_inverse(panels, r), r
+    return apply_inverse(y, r), r
 
 
-def _identity_panels(panels: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The first l columns of the m x m identity, cut like ``panels`` (Y = 0: any
-    orthonormal basis is a QR of it, with R = 0)."""
-    out, start = [], 0
-    width = panels[0].shape[1]
-    for p in panels:
-        q = np.zeros(p.shape)
-        rows = np.arange(start, start + p.shape[0])
-        keep = rows < width
-        q[np.nonzero(keep)[0], rows[keep]] = 1.0
-        out.append(q)
-        start += p.shape[0]
-    return out
+def _identity_panel(i: int, span: tuple[int, int], p: np.ndarray, width: int) -> np.ndarray:
+    q = np.zeros((p.shape[0], width))
+    rows = np.arange(*span)
+    keep = rows < width
+    q[np.nonzero(keep)[0], rows[keep]] = 1.0
+    return q
 
 
-def cholesky_qr(panels: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Y = Q R for Y given as row panels (m >= l): Q's panels (orthonormal columns) and
-    the upper triangular R (l x l). CholeskyQR2 when Y is well conditioned; otherwise
-    shifted CholeskyQR steps first (each takes the condition number down by about
-    eps^{-1/2}, so an exactly rank-deficient Y needs two), then CholeskyQR2. See the
-    module's docstring."""
-    q = [np.asarray(p, dtype=np.float64) for p in panels]
-    m = sum(p.shape[0] for p in q)
-    width = q[0].shape[1]
+def cholesky_qr(panels: Any) -> tuple[Tall, np.ndarray]:
+    """Y = Q R for Y given as row panels (m >= l): a :class:`~dlowrank.engine.tall.Tall`
+    (or a list of NumPy panels), giving Q as a Tall (orthonormal columns; indexing gives
+    its panels, wherever they live) and the upper triangular R (l x l). CholeskyQR2 when
+    Y is well conditioned; otherwise shifted CholeskyQR steps first (each takes the
+    condition number down by about eps^{-1/2}, so an exactly rank-deficient Y needs
+    two), then CholeskyQR2. See the module's docstring."""
+    y = as_tall(panels)
+    m, width = y.shape
     if m < width:
         raise ValueError(f"cholesky_qr needs at least as many rows as columns; got {m} x {width}")
     r = np.eye(width)
-    g = gram(q)
-    if float(np.trace(g)) == 0.0:
-        return _identity_panels(q), np.zeros((width, width))
+    g = gram(y)
+    if float(np.trace(g)) == 0.0:  # Y = 0: any orthonormal basis is a QR of it, with R = 0
+        return y.map(_identity_panel, args=(width,), width=width, what="q"), np.zeros_like(g)
+    q = y
     for _ in range(MAX_SHIFTED):
         step = _chol(g)
         if step is not None and np.linalg.cond(step) <= PLAIN_COND:
-            q, r = apply_inverse(q, step), step @ r  # CholeskyQR2 from here
+            # CholeskyQR2 from here. The first factor is materialized: its Gram must be of
+            # the rounded Q_1 (then the second step corrects it to O(eps)); Q_1 R_2^{-1}
+            # may stay pending, Q_1 being well conditioned.
+            q, r = apply_inverse(q, step).materialize("q"), step @ r
             q, again = _step(q, gram(q))
             return q, again @ r
         shift = 11.0 * (m * width + width * (width + 1)) * EPS * float(np.trace(g))
         step = _chol(g + shift * np.eye(width))
         if step is None:  # rounding beyond the bound: a larger shift
             step = scipy.linalg.cholesky(g + 100 * shift * np.eye(width), lower=False)
-        q, r = apply_inverse(q, step), step @ r
+        # materialized after each shifted step: a product of inverse factors would lose
+        # what the next Gram must see
+        q, r = apply_inverse(q, step).materialize("q"), step @ r
         g = gram(q)
-    return _complete(q, panels)
+    return _complete(q, y)
 
 
-def _complete(q: list[np.ndarray], y: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+def _fill_panel(i: int, span: tuple[int, int], p: np.ndarray, cols: int) -> np.ndarray:
+    # random directions addressed by the panel's global rows: the same for any placement
+    return np.random.default_rng([0, span[0]]).standard_normal((p.shape[0], cols))
+
+
+def _minus(i, span, f, b, c):
+    return f - b @ c
+
+
+def _hstack(i, span, b, f):
+    return np.hstack([b, f])
+
+
+def _complete(q: Tall, y: Tall) -> tuple[Tall, np.ndarray]:
     """Y has an exactly zero direction (rank r < l, e.g. Y = A X for A of rank r): the
     shifted steps leave q with r orthonormal directions and exact zeros. Keep the r
     directions, complete them with random ones orthogonal to them, and take
     R = Q^T Y, made triangular by a small l x l QR."""
-    width = q[0].shape[1]
+    width = q.width
     w, v = np.linalg.eigh(gram(q))
     keep = w > 0.5  # the shifted steps leave ~1 (range) or exactly 0 (null)
-    basis, _ = cholesky_qr([p @ v[:, keep] for p in q]) if keep.any() else ([], None)
-    rng = np.random.default_rng(0)
-    fill = [rng.standard_normal((p.shape[0], width - int(keep.sum()))) for p in q]
+    basis = cholesky_qr(q.times(v[:, keep]))[0].materialize("q") if keep.any() else None
+    fill = y.map(_fill_panel, args=(width - int(keep.sum()),), width=width - int(keep.sum()))
     for _ in range(2):  # project the range out, twice (reorthogonalization)
-        if basis:
-            c = sum(b.T @ f for b, f in zip(basis, fill, strict=True))
-            fill = [f - b @ c for b, f in zip(basis, fill, strict=True)]
-    fill, _ = cholesky_qr(fill)
-    full = [np.hstack([b, f]) for b, f in zip(basis, fill, strict=True)] if basis else fill
-    r = sum(f.T @ p for f, p in zip(full, y, strict=True))  # Q^T Y (l x l)
+        if basis is not None:
+            fill = fill.map(_minus, basis, args=(basis.cross(fill),), width=fill.width)
+    fill = cholesky_qr(fill)[0].materialize("q")
+    full = basis.map(_hstack, fill, width=width, what="q") if basis is not None else fill
+    r = full.cross(y)  # Q^T Y (l x l)
     rot, tri = np.linalg.qr(r)  # l x l: Y = (Q rot) tri
-    return [f @ rot for f in full], tri
+    return full.times(rot), tri

@@ -72,8 +72,9 @@ def gaussian_rows(
     """Rows ``start:stop`` of the (n_rows, cols) Gaussian matrix named by ``key``."""
     first, last = start // panel_rows, (stop - 1) // panel_rows
     parts = [
-        gaussian_panel(entropy, spawn_key, key, n_rows, cols, p, panel_rows)
+        gaussian_panel(entropy, spawn_key, key, n_rows, cols, p, panel_rows)[
+            max(start - p * panel_rows, 0) : stop - p * panel_rows
+        ]
         for p in range(first, last + 1)
     ]
-    offset = first * panel_rows
-    return np.concatenate(parts, axis=0)[start - offset : stop - offset]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)

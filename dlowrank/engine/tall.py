@@ -1,0 +1,466 @@
+"""Tall quantities: one row per row of A (tall orientation), held as row panels.
+
+The sketch Y, its orthonormal basis Q and the output U have m rows; m is the long
+dimension (10^7 to 10^9 rows), so none of them is ever concatenated in the driver.
+A :class:`Tall` is a list of row panels, one per row range of the pass engine, and
+each panel lives where the :class:`Space` of the computation puts it:
+
+- **in memory** (a NumPy array in this process) when the whole quantity is at most
+  the space's ``limit`` bytes (float64): the fast path for moderate m;
+- **in a scratch Zarr folder** otherwise, one array per panel, written by the task
+  that computed it and read back by the tasks that need that panel only. The folder is
+  the checkpoint's (so a killed run resumes from its panels) or a temporary one
+  removed when the computation ends.
+
+A Tall may carry a pending small right factor (``times``): Q @ U_B, its truncation and
+its sign flip cost nothing until a panel is read. Operations on panels (``map``,
+``reduce``) run in this process for in-memory panels and as one task per panel
+(dask's threads or the cluster) for scratch panels, so only l x l quantities reach
+the driver. Algorithms do not branch on the placement; the engine decides it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: A tall quantity at most this large (float64 bytes) stays in memory by default
+#: (also bounded by the memory budget; dask config ``dlowrank.tall-memory`` overrides).
+TALL_MEMORY = 256 << 20
+#: Rows per Zarr chunk of a scratch panel at most this many bytes.
+SCRATCH_CHUNK_BYTES = 32 << 20
+#: Name prefix of scratch folders (a checkpoint folder recognizes them as its own).
+PREFIX = "tall-"
+
+
+def _open_kwargs(storage_options: dict | None) -> dict:
+    return {"storage_options": storage_options} if storage_options else {}
+
+
+@dataclass(frozen=True)
+class PanelRef:
+    """One panel stored as a Zarr array at ``url`` (read by the task that needs it)."""
+
+    url: str
+    storage_options: dict | None = None
+
+    def read(self) -> np.ndarray:
+        import zarr
+
+        return np.asarray(
+            zarr.open_array(self.url, mode="r", **_open_kwargs(self.storage_options))[...]
+        )
+
+
+def write_panel(url: str, data: np.ndarray, storage_options: dict | None = None) -> PanelRef:
+    """Store ``data`` as a Zarr array at ``url`` (uncompressed: scratch is read back soon,
+    and compressing float64 noise gains nothing); return its reference."""
+    import zarr
+
+    data = np.ascontiguousarray(data)
+    rows = max(1, min(data.shape[0], SCRATCH_CHUNK_BYTES // max(1, data[:1].nbytes)))
+    arr = zarr.create_array(
+        url,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=(rows, *data.shape[1:]),
+        compressors=None,
+        overwrite=True,
+        **_open_kwargs(storage_options),
+    )
+    arr[...] = data
+    return PanelRef(url, storage_options)
+
+
+@dataclass(frozen=True)
+class Part:
+    """Panel ``base`` (in memory, or a :class:`PanelRef`) times ``right`` (or None)."""
+
+    base: Any
+    right: np.ndarray | None = None
+
+
+def resolve(item: Any) -> Any:
+    """A task's view of an operand: stored panels are read, pending products applied;
+    anything else is returned as it is."""
+    if isinstance(item, Part):
+        base = resolve(item.base)
+        return base if item.right is None else base @ item.right
+    return item.read() if isinstance(item, PanelRef) else item
+
+
+class Space:
+    """Where the tall quantities of one computation live.
+
+    ``ranges``: the engine's row ranges (tall orientation); ``limit``: the largest
+    float64 size kept in memory; ``root``: the scratch folder (a URL or path; default: a
+    temporary folder made on first use and removed by :meth:`close` or when the space
+    is collected); ``execute``: runs a list of delayed tasks (the engine's scheduler).
+    """
+
+    def __init__(
+        self,
+        ranges: Sequence[tuple[int, int]],
+        limit: int,
+        *,
+        root: str | None = None,
+        storage_options: dict | None = None,
+        execute: Callable[[list], list] | None = None,
+    ) -> None:
+        self.ranges = tuple(ranges)
+        self.m = self.ranges[-1][1] if self.ranges else 0
+        self.limit = int(limit)
+        self.storage_options = storage_options
+        self._root = root.rstrip("/") if root else None
+        self._own_root = root is None
+        self._execute = execute or (lambda tasks: list(dask.compute(*tasks, scheduler="threads")))
+        self._made: list[str] = []  # scratch folders made by map (removed by close)
+        self._finalizer: Any = None
+
+    @property
+    def root(self) -> str:
+        if self._root is None:
+            base = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
+            self._root = tempfile.mkdtemp(prefix="dlowrank-scratch-", dir=base)
+            self._finalizer = weakref.finalize(self, shutil.rmtree, self._root, True)
+            logger.info("scratch folder for tall quantities: %s", self._root)
+        return self._root
+
+    def in_memory(self, width: int) -> bool:
+        """Whether an (m, width) float64 quantity stays in memory."""
+        return self.m * width * 8 <= self.limit
+
+    def folder(self, name: str) -> str:
+        return f"{self.root}/{PREFIX}{name}"
+
+    def new_folder(self, what: str) -> str:
+        url = self.folder(f"x{uuid.uuid4().hex[:8]}-{what}")
+        self._made.append(url)
+        return url
+
+    def execute(self, tasks: list) -> list:
+        return self._execute(tasks) if tasks else []
+
+    def discard(self, url: str) -> None:
+        """Remove a scratch folder made by this space."""
+        from dlowrank.io.matrix import filesystem
+
+        fs, path = filesystem(url, self.storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+    def close(self) -> None:
+        """Remove what this space wrote: the whole temporary folder, or (in a checkpoint's
+        folder) the panels made by ``map``; a pass's panels stay with its checkpoint."""
+        if self._own_root:
+            if self._finalizer is not None:
+                self._finalizer()
+            self._root = None
+            return
+        for url in self._made:
+            self.discard(url)
+        self._made.clear()
+
+
+def _panel_task(fn: Callable, i: int, span: tuple, items: tuple, args: tuple, dest: Any) -> Any:
+    out = fn(i, span, *[resolve(x) for x in items], *args)
+    if dest is None:
+        return out
+    url, storage_options = dest
+    return write_panel(url, out, storage_options)
+
+
+class Tall:
+    """An (m, width) quantity as row panels matching ``space.ranges``: in memory
+    (``panels``: NumPy arrays) or in scratch (``refs``: :class:`PanelRef`), times an
+    optional pending small matrix ``right``. Indexing gives panel i as a NumPy array."""
+
+    def __init__(
+        self,
+        space: Space,
+        *,
+        panels: list[np.ndarray] | None = None,
+        refs: list[PanelRef] | None = None,
+        right: np.ndarray | None = None,
+        base_width: int | None = None,
+        folder: str | None = None,
+    ) -> None:
+        if (panels is None) == (refs is None):
+            raise ValueError("a Tall holds either panels or refs")
+        self.space, self.panels, self.refs, self.right = space, panels, refs, right
+        self.folder = folder
+        if base_width is None:
+            base_width = panels[0].shape[1] if panels else _stored_width(refs[0])
+        self.base_width = base_width
+
+    # --- shape and access --------------------------------------------------------
+    @property
+    def width(self) -> int:
+        return self.base_width if self.right is None else int(self.right.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.space.m, self.width)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.panels is not None
+
+    def __len__(self) -> int:
+        return len(self.space.ranges)
+
+    def _item(self, i: int) -> Part:
+        return Part(self.panels[i] if self.panels is not None else self.refs[i], self.right)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError("a Tall is indexed by panel number; use to_numpy() for arrays")
+        return resolve(self._item(int(i)))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def times(self, right: np.ndarray) -> Tall:
+        """This quantity times a small (width, w) matrix: pending, nothing is computed."""
+        right = np.asarray(right, dtype=np.float64)
+        combined = right if self.right is None else self.right @ right
+        return Tall(
+            self.space,
+            panels=self.panels,
+            refs=self.refs,
+            right=combined,
+            base_width=self.base_width,
+            folder=self.folder,
+        )
+
+    def columns(self, k: int) -> Tall:
+        """The first ``k`` columns (pending)."""
+        return self.times(np.eye(self.width)[:, :k])
+
+    def to_numpy(self) -> np.ndarray:
+        """The whole (m, width) array: for quantities that fit in memory only."""
+        return np.concatenate(list(self))
+
+    # --- operations over panels -------------------------------------------------
+    def _tasks(self, fn, others, args, dests):
+        return [
+            dask.delayed(_panel_task, pure=False)(
+                fn, i, span, (self._item(i), *[o._item(i) for o in others]), args, dests[i]
+            )
+            for i, span in enumerate(self.space.ranges)
+        ]
+
+    def _local(self, others: Sequence[Tall]) -> bool:
+        return self.in_memory and all(o.in_memory for o in others)
+
+    def reduce(
+        self, fn: Callable, *others: Tall, args: tuple = (), combine: Callable | None = None
+    ) -> Any:
+        """sum_i fn(i, (r0, r1), panel_i, other panels_i..., *args), or the panels' results
+        folded by ``combine``: small results only."""
+        if self._local(others):
+            parts = [
+                fn(i, span, self[i], *[o[i] for o in others], *args)
+                for i, span in enumerate(self.space.ranges)
+            ]
+        else:
+            parts = self.space.execute(self._tasks(fn, others, args, [None] * len(self)))
+        if combine is None:
+            return sum(parts[1:], parts[0])
+        out = parts[0]
+        for part in parts[1:]:
+            out = combine(out, part)
+        return out
+
+    def map(
+        self, fn: Callable, *others: Tall, args: tuple = (), width: int, what: str = "panels"
+    ) -> Tall:
+        """A new (m, width) quantity, panel i = fn(i, (r0, r1), panel_i, ..., *args),
+        placed by the space (in memory, or written to scratch by each panel's task)."""
+        space = self.space
+        if space.in_memory(width):
+            if self._local(others):
+                panels = [
+                    fn(i, span, self[i], *[o[i] for o in others], *args)
+                    for i, span in enumerate(space.ranges)
+                ]
+            else:
+                panels = space.execute(self._tasks(fn, others, args, [None] * len(self)))
+            return Tall(space, panels=[np.asarray(p) for p in panels])
+        folder = space.new_folder(what)
+        dests = [(f"{folder}/p{i:05d}", space.storage_options) for i in range(len(self))]
+        refs = space.execute(self._tasks(fn, others, args, dests))
+        return Tall(space, refs=list(refs), base_width=width, folder=folder)
+
+    def gram(self) -> np.ndarray:
+        """sum_i P_i^T P_i (width x width)."""
+        return self.reduce(_gram)
+
+    def cross(self, other: Tall) -> np.ndarray:
+        """sum_i P_i^T O_i (width x other's width)."""
+        return self.reduce(_cross, other)
+
+    def materialize(self, what: str = "panels") -> Tall:
+        """This quantity with its pending factor applied (a new Tall)."""
+        if self.right is None:
+            return self
+        return self.map(_identity, width=self.width, what=what)
+
+
+def _stored_width(ref: PanelRef) -> int:
+    import zarr
+
+    return int(zarr.open_array(ref.url, mode="r", **_open_kwargs(ref.storage_options)).shape[1])
+
+
+def _gram(i, span, p):
+    return p.T @ p
+
+
+def _cross(i, span, p, o):
+    return p.T @ o
+
+
+def _identity(i, span, p):
+    return p
+
+
+def memory_tall(panels: Sequence[np.ndarray], space: Space | None = None) -> Tall:
+    """A Tall of in-memory panels (a space of their own when none is given)."""
+    panels = [np.asarray(p, dtype=np.float64) for p in panels]
+    if space is None:
+        edges = np.cumsum([0] + [p.shape[0] for p in panels])
+        ranges = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        space = Space(ranges, limit=1 << 62)
+    return Tall(space, panels=panels)
+
+
+def as_tall(panels: Any) -> Tall:
+    """``panels`` as a Tall: a Tall, or a sequence of NumPy panels (in memory)."""
+    return panels if isinstance(panels, Tall) else memory_tall(panels)
+
+
+def scratch_root_of(checkpoint: Any) -> str | None:
+    """The scratch folder of a computation with a checkpoint: the checkpoint's own."""
+    return None if checkpoint is None else os.fspath(checkpoint.url).rstrip("/")
+
+
+# --- tall factors of a result ------------------------------------------------------
+
+#: A result factor at most this large (bytes, in A's dtype) is returned as NumPy; a larger
+#: one as a dask array over Zarr (dask config ``dlowrank.factor-memory`` overrides).
+FACTOR_MEMORY = 256 << 20
+
+
+def factor_limit() -> int:
+    from dask.utils import parse_bytes
+
+    limit = dask.config.get("dlowrank.factor-memory", None)
+    if limit is None:
+        return FACTOR_MEMORY
+    return parse_bytes(limit) if isinstance(limit, str) else int(limit)
+
+
+def _signed_max(i, span, p):
+    """Per column: |largest entry|, its global row, its value (sign convention)."""
+    idx = np.argmax(np.abs(p), axis=0)
+    vals = p[idx, np.arange(p.shape[1])]
+    return np.stack([np.abs(vals), idx + span[0], vals])
+
+
+def _larger(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Column-wise the entry of larger magnitude; the earlier row on a tie."""
+    return np.where(b[0] > a[0], b, a)
+
+
+def column_signs(u: Tall) -> np.ndarray:
+    """The sign convention of :func:`dlowrank.kernels.exact.sign_flip` for a Tall: per
+    column, the sign of its entry of largest magnitude (the first on a tie), from one
+    read of the panels."""
+    if u.width == 0:
+        return np.ones(0)
+    best = u.reduce(_signed_max, combine=_larger)
+    signs = np.sign(best[2])
+    signs[signs == 0] = 1
+    return signs
+
+
+class KeptArray:
+    """A read-only Zarr array that keeps its temporary folder as long as it (or a dask
+    array reading it) lives. Pickled (to a worker) it is the bare Zarr URL."""
+
+    def __init__(self, url: str, keeper: Any = None) -> None:
+        import zarr
+
+        self.url, self._keeper = url, keeper
+        self._array = zarr.open_array(url, mode="r")
+        self.shape, self.dtype, self.ndim = self._array.shape, self._array.dtype, self._array.ndim
+        self.chunks = self._array.chunks
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self._array[key]
+
+    def __reduce__(self):
+        return (KeptArray, (self.url,))
+
+
+class _Folder:
+    """A temporary folder removed when the last reference to it goes."""
+
+    def __init__(self) -> None:
+        base = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
+        self.path = tempfile.mkdtemp(prefix="dlowrank-factor-", dir=base)
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+
+def _write_factor(i, span, p, url, transpose, dtype):
+    import zarr
+
+    arr = zarr.open_array(url, mode="r+")
+    if transpose:
+        arr[:, span[0] : span[1]] = p.T.astype(dtype)
+    else:
+        arr[span[0] : span[1]] = p.astype(dtype)
+    return np.zeros(1)
+
+
+def factor(u: Tall, dtype: np.dtype, chunk_rows: int, *, transpose: bool = False) -> Any:
+    """A result's factor from a Tall, in ``dtype``: NumPy when at most
+    :func:`factor_limit` bytes, else a dask array over a Zarr array in a temporary
+    folder that lives as long as the array does, written panel by panel by tasks, in
+    ``chunk_rows`` row chunks (the input's). ``transpose``: the factor is u^T (a wide
+    input's vt), stored in (1, chunk_rows) chunks so that rows read in order."""
+    import dask.array as da
+    import zarr
+
+    dtype = np.dtype(dtype)
+    m, k = u.shape
+    if m * k * dtype.itemsize <= factor_limit():
+        out = u.to_numpy().astype(dtype)
+        return out.T if transpose else out
+    folder = _Folder()
+    url = f"{folder.path}/factor"
+    shape, chunks = ((k, m), (1, chunk_rows)) if transpose else ((m, k), (chunk_rows, k))
+    zarr.create_array(url, shape=shape, dtype=dtype, chunks=chunks, compressors=None)
+    aligned = all(r0 % chunk_rows == 0 for r0, _ in u.space.ranges)
+    tasks = u._tasks(_write_factor, (), (url, transpose, dtype), [None] * len(u))
+    if aligned:
+        u.space.execute(tasks)
+    else:  # panels share chunks: one writer at a time
+        for task in tasks:
+            u.space.execute([task])
+    return da.from_array(
+        KeptArray(url, folder), chunks=chunks, name=f"dlowrank-factor-{uuid.uuid4().hex}"
+    )

@@ -1,0 +1,192 @@
+"""Tall quantities (Y, Q, U) stay as row panels: in memory or in scratch Zarr, never
+gathered; results hold large factors lazily; resume reads scratch panels back."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+import dlowrank
+from dlowrank.engine import passes
+
+#: Force the scratch path: every tall quantity and every result factor goes to Zarr.
+SCRATCH = {"dlowrank.tall-memory": 0, "dlowrank.factor-memory": 0}
+
+
+@pytest.fixture(scope="module")
+def tall():
+    return dlowrank.make_matrix((3000, 200), 20, decay=0.8, seed=0, chunks=(500, 200))
+
+
+@pytest.fixture(scope="module")
+def wide():
+    return dlowrank.make_matrix((200, 3000), 20, decay=0.8, seed=0, chunks=(200, 500))
+
+
+CALLS = [
+    pytest.param(dlowrank.randomized_svd, {}, id="rsvd-panel"),
+    pytest.param(dlowrank.randomized_svd, {"layout": "block"}, id="rsvd-block"),
+    pytest.param(dlowrank.sketch_svd, {}, id="sketch"),
+]
+
+
+@pytest.mark.parametrize("shape", ["tall", "wide"])
+@pytest.mark.parametrize(("call", "kw"), CALLS)
+def test_scratch_path_equals_the_in_memory_path(call, kw, shape, request):
+    a = request.getfixturevalue(shape).array
+    ref = call(a, 5, seed=1, **kw)
+    with dask.config.set(SCRATCH):
+        r = call(a, 5, seed=1, **kw)
+    big = r.u if shape == "tall" else r.vt
+    assert isinstance(big, da.Array)  # the factor above the limit comes back lazily
+    scale = ref.s[0]
+    np.testing.assert_allclose(np.asarray(r.u), ref.u, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(r.vt), ref.vt, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(r.s, ref.s, rtol=0, atol=1e-10 * scale)
+    assert abs(r.rel_error - ref.rel_error) <= 1e-10
+    u = np.asarray(r.u)
+    # the sign convention holds on the lazy factor: each column's largest entry is > 0
+    assert np.all(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])] > 0)
+    np.testing.assert_allclose(u.T @ u, np.eye(5), atol=1e-12)
+
+
+def test_a_lazy_factor_keeps_its_folder_while_it_lives_and_no_scratch_is_left(tall, tmp_path):
+    with dask.config.set({**SCRATCH, "temporary-directory": str(tmp_path)}):
+        r = dlowrank.randomized_svd(tall.array, 5, seed=1)
+        u = r.u
+    # the run's scratch (Y, Q) is gone; only the factor's own folder is left
+    assert glob.glob(str(tmp_path / "dlowrank-scratch-*")) == []
+    assert len(glob.glob(str(tmp_path / "dlowrank-factor-*"))) == 1
+    del r
+    assert np.asarray(u).shape == (3000, 5)  # still readable: the array holds its folder
+    del u
+    import gc
+
+    gc.collect()
+    assert glob.glob(str(tmp_path / "dlowrank-factor-*")) == []
+
+
+def test_save_copies_a_lazy_factor_and_load_returns_it_lazily(tall, tmp_path):
+    ref = dlowrank.randomized_svd(tall.array, 5, seed=1)
+    ref.save(tmp_path / "ref.zarr")
+    with dask.config.set(SCRATCH):
+        r = dlowrank.randomized_svd(tall.array, 5, seed=1)
+        r.save(tmp_path / "r.zarr")
+        back = dlowrank.load(tmp_path / "r.zarr")
+    assert isinstance(back.u, da.Array)
+    np.testing.assert_array_equal(np.asarray(back.u), ref.u)
+    # the same bytes, the same checksums, whichever way the factor was held
+    import zarr
+
+    sums = [
+        zarr.open_group(str(tmp_path / name)).attrs["dlowrank"]["checksums"]
+        for name in ("ref.zarr", "r.zarr")
+    ]
+    assert sums[0] == sums[1]
+    assert isinstance(dlowrank.load(tmp_path / "r.zarr").u, np.ndarray)  # default limit
+
+
+def test_no_m_row_array_is_built_in_the_scratch_path(tmp_path, monkeypatch):
+    """Every task result, every array the panel operations return and every
+    concatenation is checked: none has the m rows of A (here 9000; row ranges of 1000;
+    the test matrices of a chunk, made from canonical panels, are only its rows)."""
+    from dask.callbacks import Callback
+
+    from dlowrank.engine import tall as tall_module
+
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (9000, 50), 20, decay=0.8, seed=0, chunks=(1000, 50))
+    m = 9000
+    seen = []
+
+    def note(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                note(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                note(v)
+        elif isinstance(value, np.ndarray) and value.ndim == 2:
+            seen.append(value.shape[0])
+
+    class Results(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            note(result)
+
+    real_concatenate = np.concatenate
+
+    def concatenate(arrays, *args, **kwargs):
+        out = real_concatenate(arrays, *args, **kwargs)
+        note(out)
+        return out
+
+    monkeypatch.setattr(np, "concatenate", concatenate)
+    monkeypatch.setattr(tall_module.np, "concatenate", concatenate)
+    with dask.config.set(SCRATCH), Results():
+        r = dlowrank.randomized_svd(path, 5, seed=1, layout="block")
+        s = dlowrank.sketch_svd(path, 5, seed=1)
+    assert seen and max(seen) <= 1000 < m
+    assert isinstance(r.u, da.Array) and isinstance(s.u, da.Array)
+
+
+def test_a_killed_run_resumes_from_its_scratch_panels(tall, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ref = dlowrank.randomized_svd(tall.array, 5, seed=1, layout="block", n_power_iter=1)
+
+    def stop_after_pass_3(event):
+        if event.stage == "done" and event.index == 3:
+            raise OSError("the job was stopped")
+
+    with dask.config.set(SCRATCH):
+        with pytest.raises(OSError, match="stopped"):
+            dlowrank.randomized_svd(
+                tall.array,
+                5,
+                seed=1,
+                layout="block",
+                n_power_iter=1,
+                checkpoint=ckpt,
+                progress=stop_after_pass_3,
+            )
+        # passes 1 and 3 computed Y = A X: their panels are in the checkpoint's folder
+        assert len(glob.glob(str(ckpt / "tall-0001-y" / "p*"))) == 6
+        assert len(glob.glob(str(ckpt / "tall-0003-y" / "p*"))) == 6
+        r = dlowrank.randomized_svd(
+            tall.array, 5, seed=1, layout="block", n_power_iter=1, checkpoint=ckpt
+        )
+    assert r.restored_passes == 3 and r.passes == 4
+    np.testing.assert_allclose(np.asarray(r.u), ref.u, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(r.s, ref.s, rtol=1e-12)
+    # the scratch of the finished run (its Q) is gone; the passes' panels stay for reuse
+    assert not [p for p in os.listdir(ckpt) if p.startswith("tall-x")]
+
+
+def test_a_checkpoint_whose_scratch_panels_are_gone_reads_the_pass_again(tall, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    with dask.config.set(SCRATCH):
+        first = dlowrank.randomized_svd(tall.array, 5, seed=1, checkpoint=ckpt)
+        shutil.rmtree(ckpt / "tall-0003-y")
+        again = dlowrank.randomized_svd(tall.array, 5, seed=1, checkpoint=ckpt)
+    assert again.restored_passes == 2  # pass 3 (Y) was read again
+    np.testing.assert_array_equal(np.asarray(again.u), np.asarray(first.u))
+
+
+def test_pass_outputs_report_where_their_tall_panels_live(tall):
+    from dlowrank.io.source import open_source
+    from dlowrank.kernels import passkernels
+
+    x = np.ones((200, 3))
+    for limit, in_memory in [(None, True), (0, False)]:
+        with dask.config.set({"dlowrank.tall-memory": limit}):
+            engine = passes.PassEngine(open_source(tall.array), "block")
+            y = engine.run(passkernels.apply_block, x).rows["y"]
+            assert y.in_memory is in_memory and y.shape == (3000, 3)
+            np.testing.assert_allclose(y.to_numpy(), np.asarray(tall.array) @ x, rtol=1e-12)
+            engine.close()
