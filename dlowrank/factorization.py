@@ -223,9 +223,9 @@ def factorize(
     if p["init"] == "svd":
         u, s, vt = _fz.svd_init(engine, k, run.seed)
         root = np.sqrt(s)
-        st = _fz.State(u * root, vt.T * root)
+        st = _fz.State(u.times(np.diag(root)), vt.T * root)
     else:
-        st = _fz.State(*_fz.random_init(engine.tall_shape, k, run.seed, 1e-2))
+        st = _fz.State(*_fz.random_init(engine, k, run.seed, 1e-2))
     monitor = _deadline(run.values["max_seconds"], run.start)
     if solver == "als":
         st = _fz.als(engine, st, alpha, masked, p["max_iter"], p["tol"], monitor=monitor)
@@ -304,15 +304,15 @@ def nmf(
     p, engine = run.params, run.engine
     k, solver = p["rank"], p["solver"]
     m, n = engine.tall_shape
-    if p["init"] == "random":  # uniform in [0, 0.1)
-        rng = np.random.default_rng(run.seed)
-        w, h = 0.1 * rng.random((m, k)), 0.1 * rng.random((n, k))
+    if p["init"] == "random":  # uniform in [0, 0.1), by global index (any chunking)
+        w, h = _fz.uniform_init(engine, k, run.seed, 0.1)
     else:
         u, s, vt = _fz.svd_init(engine, k, run.seed)
         fill = 0.0
         if p["init"] == "nndsvda" or solver == "mu":
             fill = float(np.sqrt(np.sum(s**2) / (m * n)) / np.sqrt(k))
-        w, h = factor.nndsvd(u, s, vt, fill)
+        sign, scale, h = factor.nndsvd_choice(u.reduce(factor.signed_norms), s, vt, fill)
+        w = u.map(factor.nndsvd_rows, args=(sign, scale, fill), width=k, what="w")
     monitor = _deadline(run.values["max_seconds"], run.start)
     st = _fz.nmf(engine, w, h, p["weight_decay"], solver, p["max_iter"], p["tol"], monitor=monitor)
     return run.factorization(st, algorithm=f"nmf_{solver}")
@@ -336,7 +336,10 @@ def canonicalize(u: Any, v: Any) -> tuple[np.ndarray, np.ndarray]:
     >>> bool(np.allclose(a[0], b[0]) and np.allclose(a[1], b[1]))
     True
     """
-    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    if _lazy(u) or _lazy(v):  # a factor larger than memory: Grams in passes over it
+        u, v = _as_float(u), _as_float(v)
+    else:
+        u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
     if u.ndim != 2 or v.ndim != 2 or u.shape[1] != v.shape[1]:
         raise ParameterError(f"`u` (m, k) and `v` (n, k) must share k; got {u.shape}, {v.shape}")
     if u.shape[1] > min(u.shape[0], v.shape[0]):
@@ -345,6 +348,19 @@ def canonicalize(u: Any, v: Any) -> tuple[np.ndarray, np.ndarray]:
             f"u {u.shape} and v {v.shape}"
         )
     return factor.canonical(u, v)
+
+
+def _lazy(x: Any) -> bool:
+    return not isinstance(x, np.ndarray) and hasattr(x, "dask")
+
+
+def _as_float(x: Any) -> Any:
+    return x.astype(np.float64) if _lazy(x) else np.asarray(x, dtype=np.float64)
+
+
+def _take(x: Any, index: Any) -> np.ndarray:
+    """Rows ``index`` of a factor as float64 NumPy (a lazy factor reads only their chunks)."""
+    return np.asarray(x[index], dtype=np.float64)
 
 
 def predict(result: FactorizationResult, rows: Any, cols: Any) -> np.ndarray:
@@ -366,9 +382,7 @@ def predict(result: FactorizationResult, rows: Any, cols: Any) -> np.ndarray:
     m, n = result.u.shape[0], result.v.shape[0]
     if rows.size and (rows.min() < 0 or rows.max() >= m or cols.min() < 0 or cols.max() >= n):
         raise ParameterError(f"indices must lie in [0, {m}) for rows and [0, {n}) for columns")
-    return np.einsum(
-        "tk,tk->t", result.u[rows].astype(np.float64), result.v[cols].astype(np.float64)
-    )
+    return np.einsum("tk,tk->t", _take(result.u, rows), _take(result.v, cols))
 
 
 def rmse(result: FactorizationResult, rows: Any, cols: Any, values: Any) -> float:
@@ -403,7 +417,7 @@ def contributions(result: FactorizationResult, i: int, j: int) -> list[tuple[int
     m, n = result.u.shape[0], result.v.shape[0]
     i = parse_int(i, "i", 0, m - 1)
     j = parse_int(j, "j", 0, n - 1)
-    terms = result.u[i].astype(np.float64) * result.v[j].astype(np.float64)
+    terms = _take(result.u, i) * _take(result.v, j)
     order = np.argsort(-np.abs(terms), kind="stable")
     return [(int(c), float(terms[c])) for c in order]
 

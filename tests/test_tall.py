@@ -190,3 +190,65 @@ def test_pass_outputs_report_where_their_tall_panels_live(tall):
             assert y.in_memory is in_memory and y.shape == (3000, 3)
             np.testing.assert_allclose(y.to_numpy(), np.asarray(tall.array) @ x, rtol=1e-12)
             engine.close()
+
+
+def _nonnegative(t):
+    return abs(t.array)
+
+
+def _with_missing(t):
+    a = np.asarray(t.array).copy()
+    a[np.random.default_rng(0).random(a.shape) < 0.1] = np.nan
+    return da.from_array(a, chunks=t.array.chunks)
+
+
+FACTOR_CALLS = [
+    pytest.param(dlowrank.factorize, dict(weight_decay=0.1, max_iter=4), None, id="als"),
+    pytest.param(
+        dlowrank.factorize, dict(weight_decay=0.1, max_iter=8, solver="gd"), None, id="gd"
+    ),
+    pytest.param(
+        dlowrank.factorize,
+        dict(weight_decay=0.1, max_iter=3, missing="nan"),
+        _with_missing,
+        id="als-missing",
+    ),
+    pytest.param(dlowrank.nmf, dict(max_iter=4), _nonnegative, id="nmf"),
+    pytest.param(dlowrank.nmf, dict(max_iter=4, init="random"), _nonnegative, id="nmf-random"),
+]
+
+
+@pytest.mark.parametrize("shape", ["tall", "wide"])
+@pytest.mark.parametrize(("call", "kw", "make"), FACTOR_CALLS)
+def test_factorizations_keep_the_row_factor_in_scratch_and_agree(call, kw, make, shape, request):
+    t = request.getfixturevalue(shape)
+    a = make(t) if make is not None else t.array
+    ref = call(a, 4, seed=1, **kw)
+    with dask.config.set(SCRATCH):
+        r = call(a, 4, seed=1, **kw)
+    big = r.u if shape == "tall" else r.v
+    assert isinstance(big, da.Array)
+    for x, y in ((r.u, ref.u), (r.v, ref.v)):
+        y = np.asarray(y)
+        np.testing.assert_allclose(np.asarray(x), y, rtol=0, atol=1e-9 * np.abs(y).max())
+    np.testing.assert_allclose(r.loss, ref.loss, rtol=1e-9)
+    assert r.rel_error == pytest.approx(ref.rel_error, rel=1e-9)
+
+
+def test_canonicalize_predict_and_contributions_work_on_lazy_factors(tall):
+    ref = dlowrank.factorize(tall.array, 4, weight_decay=0.1, max_iter=3, seed=1)
+    with dask.config.set(SCRATCH):
+        r = dlowrank.factorize(tall.array, 4, weight_decay=0.1, max_iter=3, seed=1)
+    assert isinstance(r.u, da.Array)
+    cu, cv = dlowrank.canonicalize(r.u, r.v)
+    assert isinstance(cu, da.Array)  # still lazy: never gathered
+    eu, ev = dlowrank.canonicalize(ref.u, ref.v)
+    np.testing.assert_allclose(np.asarray(cu), eu, atol=1e-9 * np.abs(eu).max())
+    np.testing.assert_allclose(cv, ev, atol=1e-9 * np.abs(ev).max())
+    rows, cols = [0, 2999, 17], [5, 0, 199]
+    np.testing.assert_allclose(
+        dlowrank.predict(r, rows, cols), dlowrank.predict(ref, rows, cols), rtol=1e-9
+    )
+    got, want = dlowrank.contributions(r, 2999, 5), dlowrank.contributions(ref, 2999, 5)
+    assert [c for c, _ in got] == [c for c, _ in want]
+    np.testing.assert_allclose([x for _, x in got], [x for _, x in want], rtol=1e-9)

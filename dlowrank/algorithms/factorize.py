@@ -19,6 +19,7 @@ import numpy as np
 
 from dlowrank.algorithms import rsvd as _rsvd
 from dlowrank.engine.passes import ByRows, PassEngine
+from dlowrank.engine.tall import Tall, lincomb
 from dlowrank.errors import InputError, ParameterError
 from dlowrank.kernels import factor, passkernels, random
 
@@ -27,17 +28,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class State:
-    u: np.ndarray
+    """``u``: the row factor (m, k) as a Tall (row panels, never gathered); ``v`` (n, k)."""
+
+    u: Tall
     v: np.ndarray
     loss: list = field(default_factory=list)
     fro2: float | None = None
     n_iter: int = 0
     converged: bool = False
     residual2: float = 0.0  # ||M * (A - U V^T)||_F^2 at the returned factors
+    u2: float | None = None  # ||U||_F^2 of ``u`` when a pass summed it
 
 
-def _penalty(alpha: float, u: np.ndarray, v: np.ndarray) -> float:
-    return 0.5 * alpha * (float(np.sum(u * u)) + float(np.sum(v * v)))
+def _penalty(alpha: float, u2: float, v: np.ndarray) -> float:
+    """alpha/2 (||U||_F^2 + ||V||_F^2), given ||U||_F^2 (summed in a pass: no extra read)."""
+    return 0.5 * alpha * (float(u2) + float(np.sum(v * v)))
 
 
 def _converged(loss: list, tol: float) -> bool:
@@ -46,22 +51,46 @@ def _converged(loss: list, tol: float) -> bool:
 
 def svd_init(
     engine: PassEngine, k: int, seed: np.random.SeedSequence
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rank-k randomized SVD (q = 1: two passes) of the tall-oriented A."""
+) -> tuple[Tall, np.ndarray, np.ndarray]:
+    """Rank-k randomized SVD (q = 1: two passes) of the tall-oriented A; U as a Tall."""
     m, n = engine.tall_shape
     f = _rsvd.range_sketch(engine, min(k + 10, min(m, n)), 1, seed)
-    return f.u.columns(k).to_numpy(), f.s[:k], f.vt[:k]  # the row factor is gathered here
+    return f.u.columns(k).materialize("u"), f.s[:k], f.vt[:k]
+
+
+def _gaussian_panel(i, span, seed, key, n_rows, k, scale):
+    return random.gaussian_rows(seed[0], seed[1], key, n_rows, k, *span) * scale
 
 
 def random_init(
-    shape: tuple[int, int], k: int, seed: np.random.SeedSequence, scale: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Small Gaussian factors, chunk-independent (global index) like every test matrix."""
-    m, n = shape
-    e, key = seed.entropy, tuple(seed.spawn_key)
-    u = random.gaussian_rows(e, key, random.Stream.INIT_U, m, k, 0, m) * scale
-    v = random.gaussian_rows(e, key, random.Stream.INIT_V, n, k, 0, n) * scale
+    engine: PassEngine, k: int, seed: np.random.SeedSequence, scale: float
+) -> tuple[Tall, np.ndarray]:
+    """Small Gaussian factors, chunk-independent (global index) like every test matrix;
+    U is made panel by panel where the engine keeps tall quantities."""
+    m, n = engine.tall_shape
+    key = (seed.entropy, tuple(seed.spawn_key))
+    u = engine.space.make(
+        _gaussian_panel, args=(key, random.Stream.INIT_U, m, k, scale), width=k, what="u"
+    )
+    v = random.gaussian_rows(*key, random.Stream.INIT_V, n, k, 0, n) * scale
     return u, v
+
+
+def _uniform_panel(i, span, seed, key, n_rows, k, scale):
+    return random.gaussian_rows(seed[0], seed[1], key, n_rows, k, *span, uniform=True) * scale
+
+
+def uniform_init(
+    engine: PassEngine, k: int, seed: np.random.SeedSequence, scale: float
+) -> tuple[Tall, np.ndarray]:
+    """Uniform [0, scale) factors by global index (nmf's random start)."""
+    m, n = engine.tall_shape
+    key = (seed.entropy, tuple(seed.spawn_key))
+    w = engine.space.make(
+        _uniform_panel, args=(key, random.Stream.NMF_W, m, k, scale), width=k, what="w"
+    )
+    h = random.gaussian_rows(*key, random.Stream.NMF_H, n, k, 0, n, uniform=True) * scale
+    return w, h
 
 
 def _unobserved(engine: PassEngine) -> str:
@@ -107,8 +136,8 @@ def als(
         st.fro2 = engine.fro2
         if first:
             _check_observed(engine, out, masked)
-        u = out.rows["u"].to_numpy()
-        st.loss.append(0.5 * (st.fro2 + float(out.sums["fit"])) + _penalty(alpha, u, st.v))
+        u, u2 = out.rows["u"], float(np.trace(out.sums["utu"]))
+        st.loss.append(0.5 * (st.fro2 + float(out.sums["fit"])) + _penalty(alpha, u2, st.v))
         atu = out.sums["atu"]
         if masked:
             cgram = out.sums["cgram"].reshape(n, k, k)
@@ -117,7 +146,7 @@ def als(
         else:
             v = atu @ factor.ridge_inverse(out.sums["utu"], alpha)
             fit = -2 * np.sum(v * atu) + np.sum(out.sums["utu"] * (v.T @ v))
-        st.u, st.v, st.n_iter = u, v, st.n_iter + 1
+        st.u, st.v, st.u2, st.n_iter = u, v, u2, st.n_iter + 1
         st.residual2 = max(st.fro2 + float(fit), 0.0)  # exact at (U_t, V_t): no extra pass
         if monitor is not None and monitor(st.u, st.v):  # a benchmark's own stopping rule
             break
@@ -125,7 +154,7 @@ def als(
             st.converged = True
             break
     # the loss history ends with the objective at the returned factors (U_T, V_T)
-    st.loss.append(0.5 * st.residual2 + _penalty(alpha, st.u, st.v))
+    st.loss.append(0.5 * st.residual2 + _penalty(alpha, st.u2, st.v))
     return st
 
 
@@ -149,42 +178,48 @@ def gradient_descent(
     the benchmark's problem). The returned loss sequence never increases. With
     ``rescale`` (random starts) the first pass only measures ||A||_F and scales the
     start to A, so the iterations do not depend on A's units.
+
+    U's updates are linear combinations of row panels (the point, R V, the previous
+    point): in memory they are computed at once; in scratch each pass's tasks combine
+    their own panels, and only the next point is written (one write of U per step).
     """
-    best = None  # (loss, u, v, grad_u, grad_v, residual2)
+    best = None  # (loss, u, v, rv, grad_v, residual2, utu): the gradient is rv + alpha u
     y_u, y_v = st.u, st.v
     x_u, x_v, t, shrink, plain = st.u, st.v, 1.0, 1.0, False
 
-    def step(u, v, gu, gv):
+    def step(u, v, rv, gv, utu):
         su = shrink / (np.linalg.norm(v.T @ v, 2) + alpha + 1e-300)
-        sv = shrink / (np.linalg.norm(u.T @ u, 2) + alpha + 1e-300)
-        return u - su * gu, v - sv * gv
+        sv = shrink / (np.linalg.norm(utu, 2) + alpha + 1e-300)
+        return lincomb([(1.0 - su * alpha, u), (-su, rv)]), v - sv * gv
 
     for _ in range(max_iter):
         first = st.n_iter == 0
         out = engine.run(passkernels.residual_step, ByRows(y_u), y_v, masked, first)
         st.n_iter += 1
         st.fro2 = engine.fro2
+        utu = out.sums["utu"]
         if first:
             _check_observed(engine, out, masked)
             if rescale:  # small random factors scaled to A: U V^T at a tenth of A's RMS
                 m, n = engine.tall_shape
                 rms = np.sqrt(st.fro2 / (m * n))
-                c = np.sqrt(0.1 * rms / y_u.shape[1]) / max(float(np.std(y_u)), 1e-300)
-                y_u, y_v = y_u * c, y_v * c
+                c = np.sqrt(0.1 * rms / y_u.width) / max(_std(y_u, out.sums["usum"]), 1e-300)
+                y_u, y_v = (c * y_u).materialize("u"), y_v * c
                 x_u, x_v = y_u, y_v
                 continue
-        loss = 0.5 * float(out.sums["res2"]) + _penalty(alpha, y_u, y_v)
-        grad_u = out.rows["rv"].to_numpy() + alpha * y_u
+        loss = 0.5 * float(out.sums["res2"]) + _penalty(alpha, np.trace(utu), y_v)
+        rv = out.rows["rv"]
         grad_v = out.sums["rtu"] + alpha * y_v
         if best is not None and loss > best[0]:
             if plain:  # even a plain gradient step failed: smaller steps
                 shrink *= 0.5
             t, plain = 1.0, True  # restart the momentum from the best point
             x_u, x_v = best[1], best[2]
-            y_u, y_v = step(best[1], best[2], best[3], best[4])
+            y_u, y_v = step(*best[1:5], best[6])
+            y_u = y_u.materialize("u")
             continue
         plain = False
-        best = (loss, y_u, y_v, grad_u, grad_v, float(out.sums["res2"]))
+        best = (loss, y_u, y_v, rv, grad_v, float(out.sums["res2"]), utu)
         st.loss.append(loss)
         if monitor is not None and monitor(y_u, y_v):
             break
@@ -192,18 +227,28 @@ def gradient_descent(
         if len(st.loss) > 10 and st.loss[-11] - st.loss[-1] <= 10 * tol * abs(st.loss[-11]):
             st.converged = True
             break
-        u_new, v_new = step(y_u, y_v, grad_u, grad_v)
+        u_new, v_new = step(y_u, y_v, rv, grad_v, utu)  # pending: y_u and rv combined
         t_new = 0.5 * (1 + np.sqrt(1 + 4 * t * t))
         beta = (t - 1) / t_new
-        y_u, y_v = u_new + beta * (u_new - x_u), v_new + beta * (v_new - x_v)
+        y_u = lincomb([(1 + beta, u_new), (-beta, x_u)]).materialize("u")
+        y_v = v_new + beta * (v_new - x_v)
         x_u, x_v, t = u_new, v_new, t_new
     if best is None:  # max_iter = 1 with a rescaled start: nothing evaluated yet
         raise ParameterError(
             "`max_iter` must be at least 2 for gradient descent from random "
             "factors (the first pass measures A to scale the start)"
         )
-    _, st.u, st.v, _, _, st.residual2 = best
+    _, st.u, st.v, _, _, st.residual2, utu = best
+    st.u2 = float(np.trace(utu))
     return st
+
+
+def _std(u: Tall, total: float) -> float:
+    """The standard deviation of U's entries, from its sum (summed in the pass) and its
+    Gram (one read)."""
+    count = u.shape[0] * u.shape[1]
+    mean = total / count
+    return float(np.sqrt(max(u.sum_squares() / count - mean * mean, 0.0)))
 
 
 def nmf(
@@ -217,7 +262,8 @@ def nmf(
     name: str = "a",
     monitor=None,
 ) -> State:
-    """Blockwise HALS or multiplicative updates; each iteration is one fused pass."""
+    """Blockwise HALS or multiplicative updates; each iteration is one fused pass; W is a
+    Tall (each task updates its own rows)."""
     st = State(w, h)
     for _ in range(max_iter):
         first = st.n_iter == 0
@@ -225,12 +271,13 @@ def nmf(
         st.fro2 = engine.fro2
         if first:
             _check_nonnegative(engine, out, name)
-        w = out.rows["w"].to_numpy()
-        st.loss.append(0.5 * (st.fro2 + float(out.sums["fit"])) + _penalty(alpha, w, st.v))
+        w = out.rows["w"]
         atw, wtw = out.sums["atw"], out.sums["wtw"]
+        w2 = float(np.trace(wtw))
+        st.loss.append(0.5 * (st.fro2 + float(out.sums["fit"])) + _penalty(alpha, w2, st.v))
         update = factor.hals_update if solver == "hals" else factor.mu_update
         h = update(st.v, atw, wtw, alpha)
-        st.u, st.v, st.n_iter = w, h, st.n_iter + 1
+        st.u, st.v, st.u2, st.n_iter = w, h, w2, st.n_iter + 1
         st.residual2 = max(
             st.fro2 - 2 * float(np.sum(h * atw)) + float(np.sum(wtw * (h.T @ h))), 0.0
         )
@@ -239,7 +286,7 @@ def nmf(
         if _converged(st.loss, tol):
             st.converged = True
             break
-    st.loss.append(0.5 * st.residual2 + _penalty(alpha, st.u, st.v))  # at the returned factors
+    st.loss.append(0.5 * st.residual2 + _penalty(alpha, st.u2, st.v))  # at the returned factors
     return st
 
 

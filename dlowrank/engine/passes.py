@@ -481,7 +481,8 @@ class PassEngine:
 
         def wrap(values: list) -> Any:
             if values and all(isinstance(v, PanelRef) for v in values):
-                return Tall(self.space, refs=list(values))
+                owner = self.space.pass_owner(values[0].url.rsplit("/", 1)[0])
+                return Tall(self.space, refs=list(values), owner=owner)
             tall = all(
                 isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[0] == r1 - r0
                 for v, (r0, r1) in zip(values, ranges, strict=True)

@@ -240,11 +240,17 @@ class Run:
         """A FactorizationResult from an algorithm's final state (tall orientation undone)."""
         from dlowrank.results import FactorizationResult
 
+        rows = self.engine.plan.tall_chunks[0][0]
+        tall = factor(st.u, self.dtype, rows) if isinstance(st.u, Tall) else st.u.astype(self.dtype)
         self.engine.close()
-        u, v = (st.v, st.u) if self.engine.transpose else (st.u, st.v)
+        u, v = (
+            (st.v.astype(self.dtype), tall)
+            if self.engine.transpose
+            else (tall, st.v.astype(self.dtype))
+        )
         return FactorizationResult(
-            u=u.astype(self.dtype),
-            v=v.astype(self.dtype),
+            u=u,
+            v=v,
             loss=np.asarray(st.loss),
             n_iter=st.n_iter,
             converged=st.converged,

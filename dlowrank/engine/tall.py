@@ -92,13 +92,47 @@ class Part:
     right: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Combo:
+    """sum_j coefs[j] * parts[j]: a linear combination of panels, made where it is read."""
+
+    coefs: list
+    parts: list
+
+
 def resolve(item: Any) -> Any:
-    """A task's view of an operand: stored panels are read, pending products applied;
-    anything else is returned as it is."""
+    """A task's view of an operand: stored panels are read, pending products and linear
+    combinations applied; anything else is returned as it is."""
     if isinstance(item, Part):
         base = resolve(item.base)
         return base if item.right is None else base @ item.right
+    if isinstance(item, Combo):
+        out = None
+        for c, part in zip(item.coefs, item.parts, strict=True):
+            term = c * resolve(part)
+            out = term if out is None else out + term
+        return out
     return item.read() if isinstance(item, PanelRef) else item
+
+
+def _remove_folder(url: str, storage_options: dict | None) -> None:
+    from dlowrank.io.matrix import filesystem
+
+    try:
+        fs, path = filesystem(url, storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except OSError:  # already gone, or its space's folder was removed first
+        pass
+
+
+class _Owner:
+    """Owns a scratch folder: removed when the last Tall reading it is collected (or
+    when its space closes)."""
+
+    def __init__(self, url: str, storage_options: dict | None) -> None:
+        self.url = url
+        self.remove = weakref.finalize(self, _remove_folder, url, storage_options)
 
 
 class Space:
@@ -126,7 +160,7 @@ class Space:
         self._root = root.rstrip("/") if root else None
         self._own_root = root is None
         self._execute = execute or (lambda tasks: list(dask.compute(*tasks, scheduler="threads")))
-        self._made: list[str] = []  # scratch folders made by map (removed by close)
+        self._made: list[weakref.ref] = []  # owners of the folders made here (see close)
         self._finalizer: Any = None
 
     @property
@@ -145,21 +179,39 @@ class Space:
     def folder(self, name: str) -> str:
         return f"{self.root}/{PREFIX}{name}"
 
-    def new_folder(self, what: str) -> str:
-        url = self.folder(f"x{uuid.uuid4().hex[:8]}-{what}")
-        self._made.append(url)
-        return url
+    def new_folder(self, what: str) -> _Owner:
+        """A new scratch folder for a computed quantity, removed with its last reader."""
+        owner = _Owner(self.folder(f"x{uuid.uuid4().hex[:8]}-{what}"), self.storage_options)
+        self._made.append(weakref.ref(owner))
+        return owner
+
+    def pass_owner(self, url: str) -> _Owner | None:
+        """The owner of a pass's scratch folder ``url``: in a temporary root it goes with
+        its last reader; in a checkpoint's folder it stays (a resumed run reads it)."""
+        if not self._own_root:
+            return None
+        owner = _Owner(url, self.storage_options)
+        self._made.append(weakref.ref(owner))
+        return owner
+
+    def make(self, fn: Callable, *, args: tuple = (), width: int, what: str = "panels") -> Tall:
+        """A new (m, width) quantity, panel i = fn(i, (r0, r1), *args), made in memory or
+        written to scratch by one task per panel."""
+        if self.in_memory(width):
+            return Tall(
+                self, panels=[np.asarray(fn(i, span, *args)) for i, span in enumerate(self.ranges)]
+            )
+        owner = self.new_folder(what)
+        tasks = [
+            dask.delayed(_panel_task, pure=False)(
+                fn, i, span, (), args, (f"{owner.url}/p{i:05d}", self.storage_options)
+            )
+            for i, span in enumerate(self.ranges)
+        ]
+        return Tall(self, refs=list(self.execute(tasks)), base_width=width, owner=owner)
 
     def execute(self, tasks: list) -> list:
         return self._execute(tasks) if tasks else []
-
-    def discard(self, url: str) -> None:
-        """Remove a scratch folder made by this space."""
-        from dlowrank.io.matrix import filesystem
-
-        fs, path = filesystem(url, self.storage_options)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
 
     def close(self) -> None:
         """Remove what this space wrote: the whole temporary folder, or (in a checkpoint's
@@ -169,8 +221,10 @@ class Space:
                 self._finalizer()
             self._root = None
             return
-        for url in self._made:
-            self.discard(url)
+        for ref in self._made:
+            owner = ref()
+            if owner is not None:
+                owner.remove()
         self._made.clear()
 
 
@@ -193,16 +247,21 @@ class Tall:
         *,
         panels: list[np.ndarray] | None = None,
         refs: list[PanelRef] | None = None,
+        terms: list[tuple[float, Tall]] | None = None,
         right: np.ndarray | None = None,
         base_width: int | None = None,
-        folder: str | None = None,
+        owner: _Owner | None = None,
     ) -> None:
-        if (panels is None) == (refs is None):
-            raise ValueError("a Tall holds either panels or refs")
+        if sum(x is not None for x in (panels, refs, terms)) != 1:
+            raise ValueError("a Tall holds exactly one of panels, refs or terms")
         self.space, self.panels, self.refs, self.right = space, panels, refs, right
-        self.folder = folder
+        self.terms = terms
+        self.owner = owner  # keeps the scratch folder of ``refs`` while this lives
         if base_width is None:
-            base_width = panels[0].shape[1] if panels else _stored_width(refs[0])
+            if terms is not None:
+                base_width = terms[0][1].width
+            else:
+                base_width = panels[0].shape[1] if panels else _stored_width(refs[0])
         self.base_width = base_width
 
     # --- shape and access --------------------------------------------------------
@@ -216,12 +275,18 @@ class Tall:
 
     @property
     def in_memory(self) -> bool:
+        """Whether every panel is a NumPy array in this process (a pending combination of
+        stored panels is not)."""
+        if self.terms is not None:
+            return all(t.in_memory for _, t in self.terms)
         return self.panels is not None
 
     def __len__(self) -> int:
         return len(self.space.ranges)
 
-    def _item(self, i: int) -> Part:
+    def _item(self, i: int) -> Any:
+        if self.terms is not None:
+            return Combo([c for c, _ in self.terms], [t._item(i) for _, t in self.terms])
         return Part(self.panels[i] if self.panels is not None else self.refs[i], self.right)
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -235,6 +300,8 @@ class Tall:
     def times(self, right: np.ndarray) -> Tall:
         """This quantity times a small (width, w) matrix: pending, nothing is computed."""
         right = np.asarray(right, dtype=np.float64)
+        if self.terms is not None:
+            return Tall(self.space, terms=[(c, t.times(right)) for c, t in self.terms])
         combined = right if self.right is None else self.right @ right
         return Tall(
             self.space,
@@ -242,8 +309,22 @@ class Tall:
             refs=self.refs,
             right=combined,
             base_width=self.base_width,
-            folder=self.folder,
+            owner=self.owner,
         )
+
+    #: NumPy scalars and arrays defer to Tall's own operators (never converting a Tall).
+    __array_ufunc__ = None
+
+    def __mul__(self, c: float) -> Tall:
+        return lincomb([(float(c), self)])
+
+    __rmul__ = __mul__
+
+    def __add__(self, other: Tall) -> Tall:
+        return lincomb([(1.0, self), (1.0, other)])
+
+    def __sub__(self, other: Tall) -> Tall:
+        return lincomb([(1.0, self), (-1.0, other)])
 
     def columns(self, k: int) -> Tall:
         """The first ``k`` columns (pending)."""
@@ -299,10 +380,10 @@ class Tall:
             else:
                 panels = space.execute(self._tasks(fn, others, args, [None] * len(self)))
             return Tall(space, panels=[np.asarray(p) for p in panels])
-        folder = space.new_folder(what)
-        dests = [(f"{folder}/p{i:05d}", space.storage_options) for i in range(len(self))]
+        owner = space.new_folder(what)
+        dests = [(f"{owner.url}/p{i:05d}", space.storage_options) for i in range(len(self))]
         refs = space.execute(self._tasks(fn, others, args, dests))
-        return Tall(space, refs=list(refs), base_width=width, folder=folder)
+        return Tall(space, refs=list(refs), base_width=width, owner=owner)
 
     def gram(self) -> np.ndarray:
         """sum_i P_i^T P_i (width x width)."""
@@ -313,10 +394,30 @@ class Tall:
         return self.reduce(_cross, other)
 
     def materialize(self, what: str = "panels") -> Tall:
-        """This quantity with its pending factor applied (a new Tall)."""
-        if self.right is None:
+        """This quantity with its pending factor or combination applied (a new Tall)."""
+        if self.right is None and self.terms is None:
             return self
         return self.map(_identity, width=self.width, what=what)
+
+    def sum_squares(self) -> float:
+        """||P||_F^2 (one read)."""
+        return float(np.trace(self.gram()))
+
+
+def lincomb(terms: list[tuple[float, Tall]]) -> Tall:
+    """sum_j c_j T_j of Talls of one space and width: computed at once in memory, else
+    pending (each task combines its own panels when it reads them)."""
+    flat: list[tuple[float, Tall]] = []
+    for c, t in terms:
+        if t.terms is not None:
+            flat.extend((c * c2, t2) for c2, t2 in t.terms)
+        else:
+            flat.append((c, t))
+    space = flat[0][1].space
+    if all(t.in_memory for _, t in flat):
+        panels = [sum(c * t[i] for c, t in flat) for i in range(len(space.ranges))]
+        return Tall(space, panels=panels)
+    return Tall(space, terms=flat)
 
 
 def _stored_width(ref: PanelRef) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import scipy.linalg
 
 from dlowrank.kernels.exact import sign_flip
 
@@ -51,6 +54,42 @@ def mu_update(w: np.ndarray, ah: np.ndarray, hth: np.ndarray, alpha: float) -> n
     return w * ah / np.maximum(w @ hth + alpha * w, 1e-12)
 
 
+def signed_norms(i: int, span: tuple, x: np.ndarray) -> np.ndarray:
+    """Squared norms of the positive and negative parts of each column of a panel (2, k)."""
+    return np.stack([np.sum(np.maximum(x, 0) ** 2, axis=0), np.sum(np.minimum(x, 0) ** 2, axis=0)])
+
+
+def nndsvd_choice(u_norms2: np.ndarray, s: np.ndarray, vt: np.ndarray, fill: float):
+    """NNDSVD's per-term choice (Boutsidis & Gallopoulos 2008) from the squared norms of
+    the positive and negative parts of u's columns (``signed_norms`` summed over
+    panels): (sign of the kept part of each u_k, the scale applied to it, H)."""
+    k, n = vt.shape
+    sign, scale, h = np.ones(k), np.zeros(k), np.zeros((n, k))
+    for j in range(k):
+        y = vt[j]
+        yp, yn = np.maximum(y, 0), np.maximum(-y, 0)
+        nxp, nxn = np.sqrt(u_norms2[0, j]), np.sqrt(u_norms2[1, j])
+        pos, neg = nxp * np.linalg.norm(yp), nxn * np.linalg.norm(yn)
+        na, b, sigma = (nxp, yp, pos) if pos >= neg else (nxn, yn, neg)
+        sign[j] = 1.0 if pos >= neg else -1.0
+        nb = np.linalg.norm(b)
+        if na > 0 and nb > 0:
+            root = np.sqrt(s[j] * sigma)
+            scale[j] = root / na
+            h[:, j] = root * b / nb
+    if fill:
+        h[h == 0] = fill
+    return sign, scale, h
+
+
+def nndsvd_rows(i: int, span: tuple, x: np.ndarray, sign, scale, fill: float) -> np.ndarray:
+    """W's rows from u's rows: the kept part of each column, scaled; zeros filled."""
+    w = np.maximum(x * sign, 0.0) * scale
+    if fill:
+        w[w == 0] = fill
+    return w
+
+
 def nndsvd(
     u: np.ndarray, s: np.ndarray, vt: np.ndarray, fill: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -58,37 +97,40 @@ def nndsvd(
 
     Each term u_k s_k v_k^T keeps the sign pattern (positive or negative parts of
     u_k and v_k) with the larger norm product. Zeros are replaced by ``fill``
-    (the "nndsvda" variant uses the mean of A).
+    (the "nndsvda" variant uses the mean of A). The streaming path applies the same
+    two steps to u's row panels (:func:`nndsvd_choice`, :func:`nndsvd_rows`).
     """
-    m, k = u.shape
-    n = vt.shape[1]
-    w, h = np.zeros((m, k)), np.zeros((n, k))
-    for j in range(k):
-        x, y = u[:, j], vt[j]
-        xp, xn, yp, yn = np.maximum(x, 0), np.maximum(-x, 0), np.maximum(y, 0), np.maximum(-y, 0)
-        pos = np.linalg.norm(xp) * np.linalg.norm(yp)
-        neg = np.linalg.norm(xn) * np.linalg.norm(yn)
-        if pos >= neg:
-            a, b, sigma = xp, yp, pos
-        else:
-            a, b, sigma = xn, yn, neg
-        na, nb = np.linalg.norm(a), np.linalg.norm(b)
-        if na > 0 and nb > 0:
-            scale = np.sqrt(s[j] * sigma)
-            w[:, j] = scale * a / na
-            h[:, j] = scale * b / nb
-    if fill:
-        w[w == 0] = fill
-        h[h == 0] = fill
-    return w, h
+    span = (0, u.shape[0])
+    sign, scale, h = nndsvd_choice(signed_norms(0, span, u), s, vt, fill)
+    return nndsvd_rows(0, span, u, sign, scale, fill), h
 
 
-def _thin_qr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Thin QR of a tall factor by CholeskyQR2 (no LAPACK QR of an m-row array)."""
+def _thin_qr(x: Any) -> tuple[Any, np.ndarray]:
+    """Thin QR of a tall factor by CholeskyQR2 (no LAPACK QR of an m-row array). A lazy
+    (dask) factor stays lazy: its Grams are sums over its chunks (two reads), and Q is
+    the pending product x R^{-1}."""
     from dlowrank.kernels.qr import cholesky_qr
 
-    q, r = cholesky_qr([x])
-    return q[0], r
+    if isinstance(x, np.ndarray):
+        q, r = cholesky_qr([x])
+        return q[0], r
+    r1 = scipy.linalg.cholesky(np.asarray((x.T @ x).compute()), lower=False)
+    inv1 = scipy.linalg.solve_triangular(r1, np.eye(r1.shape[0]))
+    q1 = x @ inv1
+    r2 = scipy.linalg.cholesky(np.asarray((q1.T @ q1).compute()), lower=False)
+    inv2 = scipy.linalg.solve_triangular(r2, np.eye(r2.shape[0]))
+    return q1 @ inv2, r2 @ r1
+
+
+def _sign_flip_lazy(u: Any, vt: np.ndarray | Any) -> tuple[Any, Any]:
+    """:func:`sign_flip` for a lazy u: the column signs from one read (its k largest)."""
+    import dask.array as da
+
+    k = u.shape[1]
+    idx = np.asarray(da.argmax(abs(u), axis=0).compute())
+    signs = np.sign(np.asarray(u.vindex[idx, np.arange(k)].compute()))
+    signs[signs == 0] = 1
+    return u * signs, vt * signs[:, None]
 
 
 def canonical(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +143,7 @@ def canonical(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     qu, ru = _thin_qr(u)
     qv, rv = _thin_qr(v)
     p, s, qt = np.linalg.svd(ru @ rv.T)
-    left, right = sign_flip(qu @ p, qt @ qv.T)
+    flip = sign_flip if isinstance(qu, np.ndarray) else _sign_flip_lazy
+    left, right = flip(qu @ p, qt @ qv.T)
     root = np.sqrt(s)
     return left * root, right.T * root

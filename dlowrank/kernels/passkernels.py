@@ -198,6 +198,7 @@ def _residual_sparse(s, rows, u, v, first) -> dict:
     r = s.copy()
     r.data = np.einsum("tk,tk->t", ui[rowidx], v[s.indices]) - s.data
     sums = {"rtu": np.asarray(r.T @ ui), "res2": np.asarray(np.sum(r.data * r.data))}
+    sums.update(_u_sums(ui))
     rows_out = {"rv": np.asarray(r @ v)}
     if first:
         sums["col_obs"] = np.bincount(s.indices, minlength=s.shape[1]).astype(np.float64)
@@ -242,6 +243,12 @@ def als_step(block, rows, cols, v, inv_v, alpha, masked) -> dict:
     return {"sums": sums, "rows": rows_out, "cols": _EMPTY}
 
 
+def _u_sums(u: np.ndarray) -> dict:
+    """U_i^T U_i and the sum of U_i's entries: step sizes, the penalty and the scale of a
+    random start, without another read of U."""
+    return {"utu": u.T @ u, "usum": np.asarray(u.sum())}
+
+
 def residual_step(block, rows, cols, u, v, masked, first) -> dict:
     """Gradient terms at (U, V): R_i = m * (U_i V^T - A_i); rows R_i V, sums R_i^T U_i,
     ||R||^2 (``u``: the panel's rows U_i)."""
@@ -252,7 +259,7 @@ def residual_step(block, rows, cols, u, v, masked, first) -> dict:
     r = ui @ v.T - a
     if mask is not None:
         r *= mask
-    sums = {"rtu": r.T @ ui, "res2": fro2(r)}
+    sums = {"rtu": r.T @ ui, "res2": fro2(r), **_u_sums(ui)}
     rows_out = {"rv": r @ v}
     if first and mask is not None:  # unobserved rows and columns are refused after pass 1
         sums["col_obs"] = mask.sum(axis=0)

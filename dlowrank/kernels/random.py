@@ -27,6 +27,8 @@ class Stream(enum.IntEnum):
     SKETCH_THETA = 5  # Nystrom's error sketch Theta^T (n, d)
     INIT_U = 10  # random starts of the factorizations
     INIT_V = 11
+    NMF_W = 12  # nmf's uniform random start
+    NMF_H = 13
 
 
 class MatrixStream(enum.IntEnum):
@@ -53,10 +55,13 @@ def gaussian_panel(
     cols: int,
     panel: int,
     panel_rows: int = PANEL,
+    uniform: bool = False,
 ) -> np.ndarray:
-    """Canonical panel ``panel`` (at most ``panel_rows`` x ``cols``) of N(0, 1) numbers."""
+    """Canonical panel ``panel`` (at most ``panel_rows`` x ``cols``) of N(0, 1) numbers
+    (``uniform``: of U[0, 1) numbers)."""
     rows = min(panel_rows, n_rows - panel * panel_rows)
-    return child_rng(entropy, spawn_key, key, panel).standard_normal((rows, cols))
+    rng = child_rng(entropy, spawn_key, key, panel)
+    return rng.random((rows, cols)) if uniform else rng.standard_normal((rows, cols))
 
 
 def gaussian_rows(
@@ -68,11 +73,13 @@ def gaussian_rows(
     start: int,
     stop: int,
     panel_rows: int = PANEL,
+    uniform: bool = False,
 ) -> np.ndarray:
-    """Rows ``start:stop`` of the (n_rows, cols) Gaussian matrix named by ``key``."""
+    """Rows ``start:stop`` of the (n_rows, cols) Gaussian (``uniform``: U[0, 1)) matrix
+    named by ``key``."""
     first, last = start // panel_rows, (stop - 1) // panel_rows
     parts = [
-        gaussian_panel(entropy, spawn_key, key, n_rows, cols, p, panel_rows)[
+        gaussian_panel(entropy, spawn_key, key, n_rows, cols, p, panel_rows, uniform)[
             max(start - p * panel_rows, 0) : stop - p * panel_rows
         ]
         for p in range(first, last + 1)
