@@ -68,6 +68,19 @@ class _Provenance:
     def _derived(self) -> dict:
         return {}
 
+    def _chunks(self, name: str, data: np.ndarray) -> Any:
+        """Stored chunks: a factor along the input's rows (or columns) in the input's
+        chunking, with all its columns; anything else Zarr's default."""
+        shape, chunks = self.input.get("shape"), self.input.get("chunks")
+        if data.ndim != 2 or not shape or not chunks or data.size == 0:
+            return "auto"
+        for axis in (0, 1):  # u (m, k) or v (n, k); vt (k, n)
+            if data.shape[0] == shape[axis] and data.shape[1] != shape[axis]:
+                return (min(chunks[axis], data.shape[0]), data.shape[1])
+            if data.shape[1] == shape[axis] and data.shape[0] != shape[axis]:
+                return (data.shape[0], min(chunks[axis], data.shape[1]))
+        return "auto"
+
     def __repr__(self) -> str:
         """One line: kind, rank, shape, error, passes (the arrays are not printed)."""
         d = self._derived()
@@ -99,7 +112,7 @@ class _Provenance:
             group.attrs["dlowrank"] = attrs  # first: the version is recognisably dlowrank's
             for name, data in arrays.items():
                 if isinstance(data, np.ndarray):
-                    group.create_array(name, data=data)
+                    group.create_array(name, data=data, chunks=self._chunks(name, data))
                 else:  # a factor larger than memory: copied chunk by chunk, never whole
                     _store_lazy(group, name, data)
 

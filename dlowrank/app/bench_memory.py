@@ -34,8 +34,11 @@ def can_cap() -> bool:
     return os.access(CGROUP, os.W_OK)
 
 
-def _run(args: list[str], cap_mb: int | None) -> dict:
-    cmd = [sys.executable, "-m", "dlowrank", *args, "--json", "-q"]
+def _run(args: list[str], cap_mb: int | None, command: list[str] | None = None) -> dict:
+    """The CLI with ``args`` (or ``command``, any program printing a JSON line last) in a
+    subprocess, capped at ``cap_mb`` in a fresh cgroup when given: its JSON line, exit
+    status, and under a cap the cgroup's peak and OOM kills."""
+    cmd = command or [sys.executable, "-m", "dlowrank", *args, "--json", "-q"]
     group = None
     if cap_mb is not None:
         group = os.path.join(CGROUP, f"dlowrank-bench-{uuid.uuid4().hex[:8]}")

@@ -381,7 +381,7 @@ def demo(shape: tuple[int, int], rank: int, seed: int, as_json: bool) -> None:
 @click.option("--workdir", default=None, help="Where to generate the matrix (default: temp).")
 @click.option(
     "--suite",
-    type=click.Choice(["svd", "factorization", "throughput", "memory"]),
+    type=click.Choice(["svd", "factorization", "throughput", "memory", "tall"]),
     default="svd",
     show_default=True,
     help="Which comparison to run.",
@@ -392,8 +392,15 @@ def demo(shape: tuple[int, int], rank: int, seed: int, as_json: bool) -> None:
     default=600,
     show_default=True,
     metavar="MB",
-    help="Memory suite: the cgroup cap on the whole process tree (needs root and cgroup v1; "
-    "default matrix 250000 x 1000, chunks 10000 x 1000).",
+    help="Memory and tall suites: the cgroup cap on the whole process tree (needs root and "
+    "cgroup v1; memory: default matrix 250000 x 1000, chunks 10000 x 1000; tall: use "
+    "--cap 1000, default matrix 8000000 x 64 float32, chunks 250000 x 64).",
+)
+@click.option(
+    "--heights",
+    type=int,
+    multiple=True,
+    help="Tall suite: also run svd uncapped on the first N rows (repeatable): peak vs m.",
 )
 @click.option(
     "--scale",
@@ -417,13 +424,16 @@ def bench(
     workdir,
     suite,
     cap,
+    heights,
     scale,
     as_json,
 ) -> None:
     """Compare dlowrank with dask svd_compressed and scikit-learn, side by side.
 
     --suite factorization runs the NMF, matrix-completion and GD-vs-ALS targets;
-    --suite memory runs the CLI uncapped and under --cap MB on its whole process tree.
+    --suite memory runs the CLI uncapped and under --cap MB on its whole process tree;
+    --suite tall runs svd, svd --passes 1, factorize and nmf on a tall matrix under
+    --cap MB, cold, with a bare read pass, true errors and U's orthonormality.
     """
     from dlowrank.app.bench import format_table, rows_to_dicts, run_bench
 
@@ -462,6 +472,29 @@ def bench(
             _emit_json(result)
         else:
             click.echo(format_memory(result))
+        return
+    if suite == "tall":
+        from dlowrank.app.bench_tall import format_tall, run_tall_bench
+
+        ctx = click.get_current_context()
+        given = {
+            name: ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+            for name in ("shape", "chunks", "rank")
+        }
+        result = run_tall_bench(
+            input,
+            shape=tuple(shape) if given["shape"] else (8_000_000, 64),
+            chunks=tuple(chunks) if given["chunks"] else (250_000, 64),
+            rank=rank if given["rank"] else 10,
+            cap_mb=cap,
+            heights=tuple(heights),
+            workdir=workdir,
+            say=say,
+        )
+        if as_json:
+            _emit_json(result)
+        else:
+            click.echo(format_tall(result))
         return
     if suite == "factorization":
         from dlowrank.app.bench_factor import format_factorization, run_factorization_bench

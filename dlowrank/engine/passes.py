@@ -59,6 +59,9 @@ TASK_FACTOR = 3
 TASK_SHARE = 0.75
 #: The most one task may hold: row panels up to a third of it (1 GiB).
 MAX_TASK_BYTES = 3 << 30
+#: A tall quantity stays in memory up to the tasks' budget divided by this (several are
+#: alive at once: measured, Y and Q of 131 MB each took a 600 MB run over its cap).
+TALL_SHARE = 6
 #: Arguments larger than this are scattered to the workers rather than put in the graph.
 SCATTER_BYTES = 1 << 20
 
@@ -341,11 +344,11 @@ class PassEngine:
     def _space(self, root: str | None = None, storage_options: dict | None = None) -> Space:
         """Where this computation's tall quantities live (see :mod:`dlowrank.engine.tall`):
         in memory up to ``dlowrank.tall-memory`` bytes each (default: TALL_MEMORY, at
-        most one task's budget), else in scratch Zarr (the checkpoint's folder, or a
+        most the tasks' budget / TALL_SHARE), else in scratch Zarr (the checkpoint's folder, or a
         temporary one)."""
         limit = dask.config.get("dlowrank.tall-memory", None)
-        if limit is None:
-            limit = min(TALL_MEMORY, self.plan.budget)
+        if limit is None:  # a few live at once (Y, Q, U) beside the tasks' share
+            limit = min(TALL_MEMORY, self.plan.budget * (self.plan.threads or 1) // TALL_SHARE)
         return Space(
             self.plan.row_ranges,
             parse_bytes(limit) if isinstance(limit, str) else int(limit),
