@@ -252,3 +252,24 @@ def test_canonicalize_predict_and_contributions_work_on_lazy_factors(tall):
     got, want = dlowrank.contributions(r, 2999, 5), dlowrank.contributions(ref, 2999, 5)
     assert [c for c, _ in got] == [c for c, _ in want]
     np.testing.assert_allclose([x for _, x in got], [x for _, x in want], rtol=1e-9)
+
+
+def test_scratch_may_live_under_a_url_every_worker_reaches(tall):
+    """dask config ``dlowrank.scratch``: an fsspec URL (here the in-process memory
+    filesystem, standing in for an object-store prefix); removed after the run."""
+    import fsspec
+
+    ref = dlowrank.randomized_svd(tall.array, 5, seed=1, layout="block")
+    fs = fsspec.filesystem("memory")
+    with dask.config.set({**SCRATCH, "dlowrank.scratch": "memory://dlr-scratch"}):
+        seen = []
+        r = dlowrank.randomized_svd(
+            tall.array,
+            5,
+            seed=1,
+            layout="block",
+            progress=lambda e: seen.append(fs.ls("/dlr-scratch")) if e.stage == "done" else None,
+        )
+    assert seen and seen[-1]  # the passes' panels were there during the run
+    np.testing.assert_allclose(np.asarray(r.u), ref.u, atol=1e-10)
+    assert not fs.exists("/dlr-scratch") or fs.ls("/dlr-scratch") == []  # gone after it

@@ -38,15 +38,26 @@ class SketchFactors:
     fro2: float
 
 
-def _test_panel(i: int, span: tuple[int, int], p: np.ndarray, seed, key, n_rows, width):
-    return random.gaussian_rows(seed[0], seed[1], key, n_rows, width, *span).T @ p
+def _test_panel(i: int, span: tuple[int, int], p: np.ndarray, seed, n_rows, tests):
+    return np.vstack(
+        [
+            random.gaussian_rows(seed[0], seed[1], key, n_rows, width, *span)[:, first:].T @ p
+            for key, width, first in tests
+        ]
+    )
 
 
 def _test_times(seed: tuple, key: int, n_rows: int, width: int, basis: Tall) -> np.ndarray:
     """T^T basis for the (n_rows, width) test matrix T named by ``key``, generated panel
     by panel beside the basis's panels (by their global rows), so that neither is ever
     whole in memory; shape (width, basis columns)."""
-    return basis.reduce(_test_panel, args=(seed, key, n_rows, width))
+    return _tests_times(seed, n_rows, [(key, width, 0)], basis)
+
+
+def _tests_times(seed: tuple, n_rows: int, tests: list, basis: Tall) -> np.ndarray:
+    """T_j[:, first_j:]^T basis for several test matrices ``tests`` = [(key, width,
+    first)], stacked, from one read of the basis."""
+    return basis.reduce(_test_panel, args=(seed, n_rows, tests))
 
 
 def error_interval(estimate: float, d: int) -> tuple[float, float]:
@@ -77,14 +88,17 @@ def sketch(
     q, _ = qr.cholesky_qr(out.rows["y"])  # row panels, never gathered
     x = np.concatenate(out.cols["x"], axis=1)
     p = orthonormalize(x.T)
-    phi_q = _test_times(key, random.Stream.SKETCH_PHI, m, s, q)  # (s, k)
+    # Phi^T Q (s, k) and Theta^T Q (d, k: the last d columns of the Upsilon stream) from
+    # one read of Q's panels
+    tests = [(random.Stream.SKETCH_PHI, s, 0), (random.Stream.SKETCH_UPSILON, k + d, k)]
+    both = _tests_times(key, m, tests, q)
+    phi_q, theta_q = both[:s], both[s:]
     psi_p = right[:, k:].T @ p
     core = np.linalg.lstsq(phi_q, out.sums["z"], rcond=None)[0]
     core = np.linalg.lstsq(psi_p, core.T, rcond=None)[0].T  # (k, k)
     uc, sc, vct = exact.svd(core)
     u, sv, vt = q.times(uc[:, :rank]), sc[:rank], (p @ vct[:rank].T).T  # u pending
     e = np.concatenate(out.cols["e"], axis=1)
-    theta_q = _test_times(key, random.Stream.SKETCH_UPSILON, m, k + d, q)[k:]  # (d, k)
     resid = e - theta_q @ (uc[:, :rank] * sv) @ vt
     est = float(np.sqrt(np.sum(resid**2) / d / fro2)) if fro2 > 0 else 0.0
     return SketchFactors(u, sv, vt, est, error_interval(est, d), fro2)

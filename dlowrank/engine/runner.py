@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dlowrank.engine.passes import PassEngine
-from dlowrank.engine.tall import Tall, column_signs, factor
+from dlowrank.engine.tall import Tall, factor
 from dlowrank.io.source import input_info, open_source
 from dlowrank.kernels import exact
 from dlowrank.params import MAX_TIMEOUT, Param, Spec, parse_seed, seed_record
@@ -211,8 +211,8 @@ class Run:
             small, flips = exact.sign_flip(vt.T, np.eye(vt.shape[0]))
             signs = np.diag(flips)
             return small.astype(dtype), factor(u.times(np.diag(signs)), dtype, rows, transpose=True)
-        signs = column_signs(u)
-        return factor(u.times(np.diag(signs)), dtype, rows), (vt * signs[:, None]).astype(dtype)
+        out, signs = factor(u, dtype, rows, flip=True)  # signs from the writing tasks
+        return out, (vt * signs[:, None]).astype(dtype)
 
     def eigh(
         self,

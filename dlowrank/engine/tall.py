@@ -34,6 +34,8 @@ from typing import Any
 import dask
 import numpy as np
 
+from dlowrank.kernels.exact import sign_flip
+
 logger = logging.getLogger(__name__)
 
 #: A tall quantity at most this large (float64 bytes) stays in memory by default
@@ -86,10 +88,11 @@ def write_panel(url: str, data: np.ndarray, storage_options: dict | None = None)
 
 @dataclass(frozen=True)
 class Part:
-    """Panel ``base`` (in memory, or a :class:`PanelRef`) times ``right`` (or None)."""
+    """Panel ``base`` (in memory, or a :class:`PanelRef`) times the small matrices of
+    ``right`` in turn (each product rounded before the next: as if materialized)."""
 
     base: Any
-    right: np.ndarray | None = None
+    right: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,9 @@ def resolve(item: Any) -> Any:
     combinations applied; anything else is returned as it is."""
     if isinstance(item, Part):
         base = resolve(item.base)
-        return base if item.right is None else base @ item.right
+        for matrix in item.right or ():
+            base = base @ matrix
+        return base
     if isinstance(item, Combo):
         out = None
         for c, part in zip(item.coefs, item.parts, strict=True):
@@ -165,10 +170,21 @@ class Space:
 
     @property
     def root(self) -> str:
+        """The scratch folder, made on first use: a new folder under dask config
+        ``dlowrank.scratch`` (a path or URL every worker can reach, e.g. an object-store
+        prefix for a cluster spread over machines), else under dask's
+        ``temporary-directory`` or the system's temporary folder (this machine: dask's
+        threads or a LocalCluster)."""
         if self._root is None:
-            base = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
-            self._root = tempfile.mkdtemp(prefix="dlowrank-scratch-", dir=base)
-            self._finalizer = weakref.finalize(self, shutil.rmtree, self._root, True)
+            shared = dask.config.get("dlowrank.scratch", None)
+            if shared:
+                self._root = f"{str(shared).rstrip('/')}/dlowrank-scratch-{uuid.uuid4().hex[:12]}"
+                remove = (_remove_folder, self._root, self.storage_options)
+            else:
+                base = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
+                self._root = tempfile.mkdtemp(prefix="dlowrank-scratch-", dir=base)
+                remove = (shutil.rmtree, self._root, True)
+            self._finalizer = weakref.finalize(self, *remove)
             logger.info("scratch folder for tall quantities: %s", self._root)
         return self._root
 
@@ -248,7 +264,7 @@ class Tall:
         panels: list[np.ndarray] | None = None,
         refs: list[PanelRef] | None = None,
         terms: list[tuple[float, Tall]] | None = None,
-        right: np.ndarray | None = None,
+        right: tuple | None = None,
         base_width: int | None = None,
         owner: _Owner | None = None,
     ) -> None:
@@ -267,7 +283,7 @@ class Tall:
     # --- shape and access --------------------------------------------------------
     @property
     def width(self) -> int:
-        return self.base_width if self.right is None else int(self.right.shape[1])
+        return self.base_width if not self.right else int(self.right[-1].shape[1])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -297,12 +313,19 @@ class Tall:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def times(self, right: np.ndarray) -> Tall:
-        """This quantity times a small (width, w) matrix: pending, nothing is computed."""
+    def times(self, right: np.ndarray, *, stage: bool = False) -> Tall:
+        """This quantity times a small (width, w) matrix: pending, nothing is computed.
+        It is folded into the pending factor, unless ``stage``: then the panel times the
+        pending factor is rounded first, exactly as if that product had been
+        materialized (CholeskyQR2's second step needs the rounded Q_1, not Y (R_1^{-1}
+        R_2^{-1}), whose error grows with cond(Y))."""
         right = np.asarray(right, dtype=np.float64)
         if self.terms is not None:
-            return Tall(self.space, terms=[(c, t.times(right)) for c, t in self.terms])
-        combined = right if self.right is None else self.right @ right
+            return Tall(self.space, terms=[(c, t.times(right, stage=stage)) for c, t in self.terms])
+        if not self.right or stage:
+            combined = (*(self.right or ()), right)
+        else:
+            combined = (*self.right[:-1], self.right[-1] @ right)
         return Tall(
             self.space,
             panels=self.panels,
@@ -395,7 +418,7 @@ class Tall:
 
     def materialize(self, what: str = "panels") -> Tall:
         """This quantity with its pending factor or combination applied (a new Tall)."""
-        if self.right is None and self.terms is None:
+        if not self.right and self.terms is None:
             return self
         return self.map(_identity, width=self.width, what=what)
 
@@ -527,6 +550,7 @@ class _Folder:
 
 
 def _write_factor(i, span, p, url, transpose, dtype):
+    """Write a panel of the factor; return its column maxima (the sign convention)."""
     import zarr
 
     arr = zarr.open_array(url, mode="r+")
@@ -534,23 +558,34 @@ def _write_factor(i, span, p, url, transpose, dtype):
         arr[:, span[0] : span[1]] = p.T.astype(dtype)
     else:
         arr[span[0] : span[1]] = p.astype(dtype)
-    return np.zeros(1)
+    return _signed_max(i, span, p)
 
 
-def factor(u: Tall, dtype: np.dtype, chunk_rows: int, *, transpose: bool = False) -> Any:
+def factor(
+    u: Tall, dtype: np.dtype, chunk_rows: int, *, transpose: bool = False, flip: bool = False
+) -> Any:
     """A result's factor from a Tall, in ``dtype``: NumPy when at most
     :func:`factor_limit` bytes, else a dask array over a Zarr array in a temporary
     folder that lives as long as the array does, written panel by panel by tasks, in
     ``chunk_rows`` row chunks (the input's). ``transpose``: the factor is u^T (a wide
-    input's vt), stored in (1, chunk_rows) chunks so that rows read in order."""
+    input's vt), stored in (1, chunk_rows) chunks so that rows read in order.
+
+    ``flip``: apply the sign convention (:func:`column_signs`), decided from the
+    column maxima the writing tasks return (no separate read); returns (factor, signs)."""
     import dask.array as da
     import zarr
 
     dtype = np.dtype(dtype)
     m, k = u.shape
     if m * k * dtype.itemsize <= factor_limit():
-        out = u.to_numpy().astype(dtype)
-        return out.T if transpose else out
+        out = u.to_numpy()
+        signs = np.ones(k)
+        if flip:
+            out, flips = sign_flip(out, np.eye(k))
+            signs = np.diag(flips)
+        out = out.astype(dtype)
+        out = out.T if transpose else out
+        return (out, signs) if flip else out
     folder = _Folder()
     url = f"{folder.path}/factor"
     shape, chunks = ((k, m), (1, chunk_rows)) if transpose else ((m, k), (chunk_rows, k))
@@ -558,10 +593,18 @@ def factor(u: Tall, dtype: np.dtype, chunk_rows: int, *, transpose: bool = False
     aligned = all(r0 % chunk_rows == 0 for r0, _ in u.space.ranges)
     tasks = u._tasks(_write_factor, (), (url, transpose, dtype), [None] * len(u))
     if aligned:
-        u.space.execute(tasks)
+        stats = u.space.execute(tasks)
     else:  # panels share chunks: one writer at a time
-        for task in tasks:
-            u.space.execute([task])
-    return da.from_array(
+        stats = [u.space.execute([task])[0] for task in tasks]
+    lazy = da.from_array(
         KeptArray(url, folder), chunks=chunks, name=f"dlowrank-factor-{uuid.uuid4().hex}"
     )
+    if not flip:
+        return lazy
+    best = stats[0]
+    for part in stats[1:]:
+        best = _larger(best, part)
+    signs = np.sign(best[2])
+    signs[signs == 0] = 1
+    scale = signs.astype(dtype)
+    return (lazy * (scale[:, None] if transpose else scale)), signs

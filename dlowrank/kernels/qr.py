@@ -50,10 +50,12 @@ def gram(panels: Any) -> np.ndarray:
 
 def apply_inverse(panels: Any, r: np.ndarray) -> Tall:
     """Q = Y R^{-1} for an upper triangular R: one GEMM per panel with the l x l inverse,
-    pending until a panel is read (R is well conditioned here, or a shifted step that the
-    next steps correct; the orthogonality tests bound the result)."""
+    pending until a panel is read, as a stage of its own (the panel's product so far is
+    rounded first, as if materialized: what CholeskyQR's next step must see). R is well
+    conditioned here, or a shifted step that the next steps correct; the orthogonality
+    tests bound the result."""
     r_inv = scipy.linalg.solve_triangular(r, np.eye(r.shape[0]), lower=False)
-    return as_tall(panels).times(r_inv)
+    return as_tall(panels).times(r_inv, stage=True)
 
 
 def _chol(g: np.ndarray) -> np.ndarray | None:
@@ -96,19 +98,17 @@ def cholesky_qr(panels: Any) -> tuple[Tall, np.ndarray]:
     for _ in range(MAX_SHIFTED):
         step = _chol(g)
         if step is not None and np.linalg.cond(step) <= PLAIN_COND:
-            # CholeskyQR2 from here. The first factor is materialized: its Gram must be of
-            # the rounded Q_1 (then the second step corrects it to O(eps)); Q_1 R_2^{-1}
-            # may stay pending, Q_1 being well conditioned.
-            q, r = apply_inverse(q, step).materialize("q"), step @ r
+            # CholeskyQR2 from here. Each step is a pending stage: the second Gram is of
+            # the rounded Q_1 (then the second step corrects it to O(eps)), computed
+            # panel by panel where the panels are, and Q_1 is never written.
+            q, r = apply_inverse(q, step), step @ r
             q, again = _step(q, gram(q))
             return q, again @ r
         shift = 11.0 * (m * width + width * (width + 1)) * EPS * float(np.trace(g))
         step = _chol(g + shift * np.eye(width))
         if step is None:  # rounding beyond the bound: a larger shift
             step = scipy.linalg.cholesky(g + 100 * shift * np.eye(width), lower=False)
-        # materialized after each shifted step: a product of inverse factors would lose
-        # what the next Gram must see
-        q, r = apply_inverse(q, step).materialize("q"), step @ r
+        q, r = apply_inverse(q, step), step @ r  # a stage: rounded before the next
         g = gram(q)
     return _complete(q, y)
 
@@ -134,7 +134,7 @@ def _complete(q: Tall, y: Tall) -> tuple[Tall, np.ndarray]:
     width = q.width
     w, v = np.linalg.eigh(gram(q))
     keep = w > 0.5  # the shifted steps leave ~1 (range) or exactly 0 (null)
-    basis = cholesky_qr(q.times(v[:, keep]))[0].materialize("q") if keep.any() else None
+    basis = cholesky_qr(q.times(v[:, keep], stage=True))[0].materialize("q") if keep.any() else None
     fill = y.map(_fill_panel, args=(width - int(keep.sum()),), width=width - int(keep.sum()))
     for _ in range(2):  # project the range out, twice (reorthogonalization)
         if basis is not None:
