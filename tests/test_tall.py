@@ -273,3 +273,21 @@ def test_scratch_may_live_under_a_url_every_worker_reaches(tall):
     assert seen and seen[-1]  # the passes' panels were there during the run
     np.testing.assert_allclose(np.asarray(r.u), ref.u, atol=1e-10)
     assert not fs.exists("/dlr-scratch") or fs.ls("/dlr-scratch") == []  # gone after it
+
+
+def test_separable_kernels_run_in_row_slabs_with_the_same_result(tall, monkeypatch):
+    """A dense piece is worked in row slabs (small float64 temporaries): same result."""
+    calls = dict(r=dlowrank.randomized_svd, s=dlowrank.sketch_svd)
+    ref = {k: f(tall.array, 5, seed=1) for k, f in calls.items()}
+    joined = []
+    real_join = passes._join
+    monkeypatch.setattr(passes, "SLAB_BYTES", 8 * 200 * 64)  # 64-row slabs of 500-row pieces
+    monkeypatch.setattr(
+        passes, "_join", lambda parts: joined.append(len(parts)) or real_join(parts)
+    )
+    for key, f in calls.items():
+        r = f(tall.array, 5, seed=1)
+        np.testing.assert_allclose(r.s, ref[key].s, rtol=1e-12)
+        np.testing.assert_allclose(r.u, ref[key].u, atol=1e-10)
+        assert r.rel_error == pytest.approx(ref[key].rel_error, rel=1e-10)
+    assert joined and min(joined) >= 8

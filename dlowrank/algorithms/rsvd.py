@@ -64,7 +64,7 @@ def _power_iterations(engine: PassEngine, x: np.ndarray, n_power_iter: int) -> n
 
 def _final_panel(engine: PassEngine, x: np.ndarray) -> tuple[Tall, np.ndarray]:
     out = engine.run(passkernels.range_and_adjoint, x)
-    q, r = qr.cholesky_qr(out.rows["y"])  # Q as row panels
+    q, r = qr.cholesky_qr(out.rows["y"], out.sums["yty"])  # Q as row panels
     cond = np.linalg.cond(r)
     if cond <= SAFE_COND:
         b = scipy.linalg.solve_triangular(r, out.sums["w"].T, trans="T")

@@ -144,16 +144,57 @@ def _with_fro2(kernel: Callable, missing: bool, block: Any, rows, cols, *args: A
     return {**out, "sums": {**out["sums"], FRO2: block_fro2(block, missing)}}
 
 
+@dataclass(frozen=True)
+class _RowArg:
+    """A kernel argument holding the piece's own rows of a tall operand."""
+
+    value: Any
+
+
+#: A separable kernel works on a dense piece in row slabs of at most this many float64
+#: bytes, so its temporaries (the float64 copy, products with wide sketches) stay small.
+SLAB_BYTES = 16 << 20
+
+
+def _separable(kernel: Callable) -> bool:
+    """Whether ``kernel`` (or the kernel inside the first pass's wrapper) declares that
+    its output over a piece is its outputs over row slabs: sums and column sums added,
+    row outputs stacked (``kernel.separable = True``)."""
+    if isinstance(kernel, functools.partial) and kernel.func is _with_fro2:
+        kernel = kernel.args[0]
+    return bool(getattr(kernel, "separable", False))
+
+
+def _join(parts: list[dict]) -> dict:
+    out = {"sums": {}, "rows": {}, "cols": {}}
+    for part in ("sums", "cols"):
+        for key in parts[0][part]:
+            out[part][key] = sum(p[part][key] for p in parts[1:]) + parts[0][part][key]
+    for key in parts[0]["rows"]:
+        out["rows"][key] = np.concatenate([p["rows"][key] for p in parts])
+    return out
+
+
 def _run_piece(
     block_or_source: Any, rect: Rect, transpose: bool, kernel: Callable, args: tuple
 ) -> dict:
     # a stored source (Zarr array, ratings group) is read here, by the task itself
     block = block_or_source.read(rect) if hasattr(block_or_source, "read") else block_or_source
-    args = tuple(resolve(a) for a in args)  # the piece's own panels of tall operands
+    rowwise = [isinstance(a, _RowArg) for a in args]
+    # the piece's own panels of tall operands
+    args = tuple(resolve(a.value if isinstance(a, _RowArg) else a) for a in args)
     r0, r1, c0, c1 = rect
     if transpose:
         block, r0, r1, c0, c1 = block.T, c0, c1, r0, r1
-    return kernel(block, (r0, r1), (c0, c1), *args)
+    slab = max(1, SLAB_BYTES // max(1, 8 * (c1 - c0)))
+    if r1 - r0 <= slab or not isinstance(block, np.ndarray) or not _separable(kernel):
+        return kernel(block, (r0, r1), (c0, c1), *args)
+    parts = []
+    for s0 in range(0, r1 - r0, slab):
+        s1 = min(r1 - r0, s0 + slab)
+        sub = tuple(a[s0:s1] if cut else a for a, cut in zip(args, rowwise, strict=True))
+        parts.append(kernel(block[s0:s1], (r0 + s0, r0 + s1), (c0, c1), *sub))
+    return _join(parts)
 
 
 @dataclass(frozen=True)
@@ -177,7 +218,7 @@ class Plan:
     @classmethod
     def make(cls, source: Any, layout: str, budget: int, threads: int | None = None) -> Plan:
         """The plan for ``layout`` ("auto": panels when a task can hold a chunk row, about
-        TASK_FACTOR times its float64 bytes, within ``budget``)."""
+        :func:`_entry_bytes` an entry, within ``budget``)."""
         m, n = source.shape
         transpose = n > m
         chunks = source.chunks
@@ -185,13 +226,13 @@ class Plan:
         tall_chunks = (chunks[1], chunks[0]) if transpose else chunks
         band_bytes = tall_shape[1] * 8  # float64 work copy per row of a panel
         if layout == "auto":
-            widest = max(tall_chunks[0]) * band_bytes
-            layout = "panel" if TASK_FACTOR * widest <= budget else "block"
+            widest = max(tall_chunks[0]) * tall_shape[1] * _entry_bytes(source)
+            layout = "panel" if widest <= budget else "block"
             if layout == "block":
                 warnings.warn(
                     f"a row panel of {max(tall_chunks[0])} x {tall_shape[1]} needs "
-                    f"{format_bytes(widest)}, above the {format_bytes(budget // TASK_FACTOR)} "
-                    f"for a panel (a third of a task's {format_bytes(budget)}): working "
+                    f"{format_bytes(widest)} in a task, above a task's "
+                    f"{format_bytes(budget)}: working "
                     "chunk by chunk, which costs two passes per power iteration; store A "
                     "with fewer rows per chunk to avoid this",
                     DlowrankWarning,
@@ -208,10 +249,19 @@ class Plan:
 
 
 def _chunk_need(source: Any) -> int:
-    """Bytes a task holds to work on one chunk: TASK_FACTOR times its float64 size."""
+    """Bytes a task holds to work on one chunk: per entry, the chunk as read and its
+    decoded buffer (2 x the itemsize) and 8 bytes for the float64 work (a slab's copy
+    and products, the piece's row outputs): TASK_FACTOR x its float64 size for float64
+    input, 2x for float32 (measured, 8,000,000 x 64 float32 under 1 GB: 2 tasks peak
+    below the cap)."""
     if getattr(source, "sparse", False):
         return 0  # read by row panels of stored entries: no dense chunk is made
-    return TASK_FACTOR * 8 * max(source.chunks[0]) * max(source.chunks[1])
+    return _entry_bytes(source) * max(source.chunks[0]) * max(source.chunks[1])
+
+
+def _entry_bytes(source: Any) -> int:
+    """A task's bytes per entry of its piece (see :func:`_chunk_need`)."""
+    return 2 * np.dtype(source.dtype).itemsize + 8
 
 
 def _too_small(need: int, task: int, have: str, source: Any) -> Exception:
@@ -221,7 +271,7 @@ def _too_small(need: int, task: int, have: str, source: Any) -> Exception:
     rows = max(1, r * task // need // 2)
     return InputError(
         f"the memory budget, {have}, cannot hold one chunk of {r} x {c} (a task holds "
-        f"about {format_bytes(need)} for it: {TASK_FACTOR}x its float64 size); store "
+        f"about {format_bytes(need)} for it: {_entry_bytes(source)} bytes an entry); store "
         "the input with smaller chunks, e.g. dlowrank convert INPUT.zarr --out "
         f"SMALLER.zarr --chunks {rows} {c}, or give the run more memory (--memory, or a "
         "larger limit)"
@@ -619,7 +669,7 @@ class PassEngine:
     @staticmethod
     def _for_rows(args: list, i: int) -> tuple:
         """The arguments of a piece in row range ``i``."""
-        return tuple(a[i] if isinstance(a, _Slices) else a for a in args)
+        return tuple(_RowArg(a[i]) if isinstance(a, _Slices) else a for a in args)
 
     def run_pieces(self, kernel: Callable, *args: Any) -> list[Any]:
         """One pass returning every piece's own output, unreduced (for diagnostics)."""

@@ -72,10 +72,15 @@ def gram_apply(block, rows, cols, x) -> dict:
 
 
 def range_and_adjoint(block, rows, cols, x) -> dict:
-    """Final panel kernel: Y_i = A_i X (kept), W += A_i^T Y_i."""
+    """Final panel kernel: Y_i = A_i X (kept), W += A_i^T Y_i, and Y's Gram Y_i^T Y_i
+    (CholeskyQR's first step then needs no read of Y)."""
     a = _f64(block)
     y = np.asarray(a @ x)
-    return {"sums": {"w": np.asarray(a.T @ y)}, "rows": {"y": y}, "cols": _EMPTY}
+    return {
+        "sums": {"w": np.asarray(a.T @ y), "yty": y.T @ y},
+        "rows": {"y": y},
+        "cols": _EMPTY,
+    }
 
 
 def project(block, rows, cols, q) -> dict:
@@ -290,3 +295,18 @@ def nmf_step(block, rows, cols, w, h, alpha, solver) -> dict:
         "rows": {"w": wi, "low": np.array([a[low], low[0] + rows[0], low[1] + cols[0]])},
         "cols": _EMPTY,
     }
+
+
+# Kernels whose output over a piece is their outputs over its row slabs summed (sums,
+# column sums) or stacked (row outputs): the engine may run them slab by slab.
+for _kernel in (
+    gram_apply,
+    range_and_adjoint,
+    project,
+    apply_block,
+    adjoint_block,
+    three_sketch,
+    nystrom_sketch,
+    residual,
+):
+    _kernel.separable = True

@@ -79,19 +79,20 @@ def _identity_panel(i: int, span: tuple[int, int], p: np.ndarray, width: int) ->
     return q
 
 
-def cholesky_qr(panels: Any) -> tuple[Tall, np.ndarray]:
+def cholesky_qr(panels: Any, gram_of_y: np.ndarray | None = None) -> tuple[Tall, np.ndarray]:
     """Y = Q R for Y given as row panels (m >= l): a :class:`~dlowrank.engine.tall.Tall`
     (or a list of NumPy panels), giving Q as a Tall (orthonormal columns; indexing gives
     its panels, wherever they live) and the upper triangular R (l x l). CholeskyQR2 when
     Y is well conditioned; otherwise shifted CholeskyQR steps first (each takes the
     condition number down by about eps^{-1/2}, so an exactly rank-deficient Y needs
-    two), then CholeskyQR2. See the module's docstring."""
+    two), then CholeskyQR2. ``gram_of_y``: Y^T Y when a pass has summed it already
+    (saves a read of Y). See the module's docstring."""
     y = as_tall(panels)
     m, width = y.shape
     if m < width:
         raise ValueError(f"cholesky_qr needs at least as many rows as columns; got {m} x {width}")
     r = np.eye(width)
-    g = gram(y)
+    g = gram(y) if gram_of_y is None else (gram_of_y + gram_of_y.T) / 2
     if float(np.trace(g)) == 0.0:  # Y = 0: any orthonormal basis is a QR of it, with R = 0
         return y.map(_identity_panel, args=(width,), width=width, what="q"), np.zeros_like(g)
     q = y
