@@ -291,3 +291,23 @@ def test_separable_kernels_run_in_row_slabs_with_the_same_result(tall, monkeypat
         np.testing.assert_allclose(r.u, ref[key].u, atol=1e-10)
         assert r.rel_error == pytest.approx(ref[key].rel_error, rel=1e-10)
     assert joined and min(joined) >= 8
+
+
+@pytest.mark.parametrize("call", ["factorize", "randomized_svd"])
+def test_a_sparse_ratings_input_takes_the_same_scratch_path(tmp_path, call):
+    from dlowrank.io.ratings import write_ratings
+
+    rng = np.random.default_rng(0)
+    u, v = rng.standard_normal((1500, 4)), rng.standard_normal((300, 4))
+    rows, cols = np.nonzero(rng.random((1500, 300)) < 0.15)
+    vals = np.einsum("tk,tk->t", u[rows], v[cols])
+    path = str(tmp_path / "r.zarr")
+    write_ratings(path, rows, cols, vals, shape=(1500, 300))
+    f = getattr(dlowrank, call)
+    kw = {"weight_decay": 1.0, "max_iter": 5} if call == "factorize" else {}
+    ref = f(path, 4, seed=0, **kw)
+    with dask.config.set(SCRATCH):
+        r = f(path, 4, seed=0, **kw)
+    assert isinstance(r.u, da.Array)
+    np.testing.assert_allclose(np.asarray(r.u), ref.u, atol=1e-10 * np.abs(ref.u).max())
+    assert r.rel_error == pytest.approx(ref.rel_error, rel=1e-10)
