@@ -165,14 +165,25 @@ def _separable(kernel: Callable) -> bool:
     return bool(getattr(kernel, "separable", False))
 
 
-def _join(parts: list[dict]) -> dict:
-    out = {"sums": {}, "rows": {}, "cols": {}}
-    for part in ("sums", "cols"):
-        for key in parts[0][part]:
-            out[part][key] = sum(p[part][key] for p in parts[1:]) + parts[0][part][key]
-    for key in parts[0]["rows"]:
-        out["rows"][key] = np.concatenate([p["rows"][key] for p in parts])
-    return out
+class _Joined:
+    """Outputs of a piece's row slabs, joined as they come: sums and column sums added,
+    row outputs copied into one array per key (no list of slab outputs is kept)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows, self.out = rows, None
+
+    def add(self, part: dict, s0: int, s1: int) -> None:
+        if self.out is None:
+            self.out = {"sums": dict(part["sums"]), "cols": dict(part["cols"]), "rows": {}}
+            for key, value in part["rows"].items():
+                value = np.asarray(value)
+                self.out["rows"][key] = np.empty((self.rows, *value.shape[1:]), value.dtype)
+        else:
+            for kind in ("sums", "cols"):
+                for key, value in part[kind].items():
+                    self.out[kind][key] = self.out[kind][key] + value
+        for key, value in part["rows"].items():
+            self.out["rows"][key][s0:s1] = value
 
 
 def _run_piece(
@@ -189,12 +200,12 @@ def _run_piece(
     slab = max(1, SLAB_BYTES // max(1, 8 * (c1 - c0)))
     if r1 - r0 <= slab or not isinstance(block, np.ndarray) or not _separable(kernel):
         return kernel(block, (r0, r1), (c0, c1), *args)
-    parts = []
+    joined = _Joined(r1 - r0)
     for s0 in range(0, r1 - r0, slab):
         s1 = min(r1 - r0, s0 + slab)
         sub = tuple(a[s0:s1] if cut else a for a, cut in zip(args, rowwise, strict=True))
-        parts.append(kernel(block[s0:s1], (r0 + s0, r0 + s1), (c0, c1), *sub))
-    return _join(parts)
+        joined.add(kernel(block[s0:s1], (r0 + s0, r0 + s1), (c0, c1), *sub), s0, s1)
+    return joined.out
 
 
 @dataclass(frozen=True)
