@@ -314,3 +314,24 @@ def test_a_sparse_ratings_input_takes_the_same_scratch_path(tmp_path, call):
     assert isinstance(r.u, da.Array)
     np.testing.assert_allclose(np.asarray(r.u), ref.u, atol=1e-10 * np.abs(ref.u).max())
     assert r.rel_error == pytest.approx(ref.rel_error, rel=1e-10)
+
+
+def test_panel_tasks_work_in_row_slabs_with_the_same_result(tall, monkeypatch):
+    """Scratch panels are worked in slabs of SLAB_ROWS rows (here 64 of a 500-row panel):
+    reductions, maps, the factor's writing and its sign convention give the same result."""
+    from dlowrank.engine import tall as tall_module
+
+    a = tall.array
+    calls = [
+        lambda: dlowrank.randomized_svd(a, 5, seed=1),
+        lambda: dlowrank.sketch_svd(a, 5, seed=1),
+        lambda: dlowrank.factorize(a, 4, weight_decay=0.1, max_iter=6, solver="gd", seed=1),
+        lambda: dlowrank.nmf(abs(a), 4, max_iter=3, seed=1),
+    ]
+    refs = [call() for call in calls]
+    monkeypatch.setattr(tall_module, "SLAB_ROWS", 64)
+    with dask.config.set(SCRATCH):
+        for call, ref in zip(calls, refs, strict=True):
+            r = call()
+            np.testing.assert_allclose(np.asarray(r.u), ref.u, atol=1e-9 * np.abs(ref.u).max())
+            assert r.rel_error == pytest.approx(ref.rel_error, rel=1e-9)

@@ -33,6 +33,7 @@ import numpy as np
 import scipy.linalg
 
 from dlowrank.engine.tall import Tall, as_tall
+from dlowrank.kernels import random
 
 #: Largest cond(R) of a first CholeskyQR step for which plain CholeskyQR2 is used (about
 #: eps^{-1/2} / 100: a margin below the bound of Yamanaka et al.).
@@ -114,9 +115,9 @@ def cholesky_qr(panels: Any, gram_of_y: np.ndarray | None = None) -> tuple[Tall,
     return _complete(q, y)
 
 
-def _fill_panel(i: int, span: tuple[int, int], p: np.ndarray, cols: int) -> np.ndarray:
-    # random directions addressed by the panel's global rows: the same for any placement
-    return np.random.default_rng([0, span[0]]).standard_normal((p.shape[0], cols))
+def _fill_panel(i: int, span: tuple[int, int], p: np.ndarray, cols: int, m: int) -> np.ndarray:
+    # random directions addressed by their global rows: the same for any panels or slabs
+    return random.gaussian_rows(0, (), random.Stream.QR_FILL, m, cols, *span)
 
 
 def _minus(i, span, f, b, c):
@@ -136,7 +137,8 @@ def _complete(q: Tall, y: Tall) -> tuple[Tall, np.ndarray]:
     w, v = np.linalg.eigh(gram(q))
     keep = w > 0.5  # the shifted steps leave ~1 (range) or exactly 0 (null)
     basis = cholesky_qr(q.times(v[:, keep], stage=True))[0].materialize("q") if keep.any() else None
-    fill = y.map(_fill_panel, args=(width - int(keep.sum()),), width=width - int(keep.sum()))
+    cols = width - int(keep.sum())
+    fill = y.map(_fill_panel, args=(cols, y.shape[0]), width=cols)
     for _ in range(2):  # project the range out, twice (reorthogonalization)
         if basis is not None:
             fill = fill.map(_minus, basis, args=(basis.cross(fill),), width=fill.width)

@@ -29,6 +29,7 @@ class Stream(enum.IntEnum):
     INIT_V = 11
     NMF_W = 12  # nmf's uniform random start
     NMF_H = 13
+    QR_FILL = 20  # directions completing a rank-deficient tall QR (under seed 0)
 
 
 class MatrixStream(enum.IntEnum):
