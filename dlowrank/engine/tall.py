@@ -257,7 +257,7 @@ class Space:
 #: A panel task works in slabs of this many rows, so its temporaries stay small whatever
 #: the panel's height (measured: whole 250,000 x 64 panels, two tasks in flight, took
 #: the single pass over a 1 GB cap after its pass).
-SLAB_ROWS = 32768
+SLAB_ROWS = 65536
 
 
 def _panel_task(
