@@ -29,6 +29,9 @@ assert repr(r).startswith("SVDResult(rank=20, shape=(20000, 1000), rel_error=0.3
 assert r1.passes == 1 and rt.rel_error <= 0.4 and e.rank == k.rank == 10
 assert f.converged and m.converged and fit.converged, (f.n_iter, m.n_iter, fit.n_iter)
 assert n.u.min() >= 0 and n.v.min() >= 0
+import dask.array, numpy
+assert isinstance(tall.u, dask.array.Array) and isinstance(back.u, dask.array.Array)
+assert isinstance(in_memory.u, numpy.ndarray) and tall.u.chunksize == (50_000, 10)
 print("README snippets ran")
 """
     script = tmp_path / "readme_snippets.py"

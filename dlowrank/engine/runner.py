@@ -201,6 +201,13 @@ class Run:
             **self._provenance(algorithm, params),
         )
 
+    @property
+    def _limit(self) -> int:
+        """The largest factor returned in memory: within the run's budget (a NumPy factor
+        is held about three times while it is made: measured, a 200 MB U took a 600 MB
+        run over its cap), at most ``dlowrank.factor-memory``."""
+        return self.engine.space.limit
+
     def _tall_svd(self, u: Tall, vt: np.ndarray) -> tuple[Any, Any]:
         """(u, vt) in the input's orientation and sign convention, from a tall-oriented
         Tall u and a small vt: the sign is decided on the original u (one read of the
@@ -210,8 +217,9 @@ class Run:
         if self.engine.transpose:  # the Tall is the wide input's v
             small, flips = exact.sign_flip(vt.T, np.eye(vt.shape[0]))
             signs = np.diag(flips)
-            return small.astype(dtype), factor(u.times(np.diag(signs)), dtype, rows, transpose=True)
-        out, signs = factor(u, dtype, rows, flip=True)  # signs from the writing tasks
+            big = factor(u.times(np.diag(signs)), dtype, rows, transpose=True, limit=self._limit)
+            return small.astype(dtype), big
+        out, signs = factor(u, dtype, rows, flip=True, limit=self._limit)  # signs: its tasks
         return out, (vt * signs[:, None]).astype(dtype)
 
     def eigh(
@@ -241,7 +249,11 @@ class Run:
         from dlowrank.results import FactorizationResult
 
         rows = self.engine.plan.tall_chunks[0][0]
-        tall = factor(st.u, self.dtype, rows) if isinstance(st.u, Tall) else st.u.astype(self.dtype)
+        tall = (
+            factor(st.u, self.dtype, rows, limit=self._limit)
+            if isinstance(st.u, Tall)
+            else st.u.astype(self.dtype)
+        )
         self.engine.close()
         u, v = (
             (st.v.astype(self.dtype), tall)

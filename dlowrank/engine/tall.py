@@ -597,7 +597,13 @@ def _write_factor(i, span, p, url, transpose, dtype):
 
 
 def factor(
-    u: Tall, dtype: np.dtype, chunk_rows: int, *, transpose: bool = False, flip: bool = False
+    u: Tall,
+    dtype: np.dtype,
+    chunk_rows: int,
+    *,
+    transpose: bool = False,
+    flip: bool = False,
+    limit: int | None = None,
 ) -> Any:
     """A result's factor from a Tall, in ``dtype``: NumPy when at most
     :func:`factor_limit` bytes, else a dask array over a Zarr array in a temporary
@@ -606,13 +612,15 @@ def factor(
     input's vt), stored in (1, chunk_rows) chunks so that rows read in order.
 
     ``flip``: apply the sign convention (:func:`column_signs`), decided from the
-    column maxima the writing tasks return (no separate read); returns (factor, signs)."""
+    column maxima the writing tasks return (no separate read); returns (factor, signs).
+    ``limit``: a smaller limit than the configured one (the run's memory budget)."""
     import dask.array as da
     import zarr
 
     dtype = np.dtype(dtype)
     m, k = u.shape
-    if m * k * dtype.itemsize <= factor_limit():
+    limit = factor_limit() if limit is None else min(limit, factor_limit())
+    if m * k * dtype.itemsize <= limit:
         out = u.to_numpy()
         signs = np.ones(k)
         if flip:
