@@ -347,6 +347,21 @@ def demo(shape: tuple[int, int], rank: int, seed: int, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _given(*names: str) -> dict[str, bool]:
+    """Which of the current command's options the user gave (not their defaults)."""
+    ctx = click.get_current_context()
+    default = click.core.ParameterSource.DEFAULT
+    return {name: ctx.get_parameter_source(name) != default for name in names}
+
+
+def _show(result: dict, as_json: bool, fmt: Any) -> None:
+    """A benchmark's result as one JSON line or as its table."""
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(fmt(result))
+
+
 @main.command()
 @click.argument("input", required=False)
 @click.option(
@@ -455,11 +470,7 @@ def bench(
     if suite == "memory":
         from dlowrank.app.bench_memory import format_memory, run_memory_bench
 
-        ctx = click.get_current_context()
-        given = {
-            name: ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
-            for name in ("shape", "chunks")
-        }
+        given = _given("shape", "chunks")
         result = run_memory_bench(
             input,
             shape=tuple(shape) if given["shape"] else (250_000, 1_000),
@@ -468,19 +479,12 @@ def bench(
             workdir=workdir,
             say=say,
         )
-        if as_json:
-            _emit_json(result)
-        else:
-            click.echo(format_memory(result))
+        _show(result, as_json, format_memory)
         return
     if suite == "tall":
         from dlowrank.app.bench_tall import format_tall, run_tall_bench
 
-        ctx = click.get_current_context()
-        given = {
-            name: ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
-            for name in ("shape", "chunks", "rank")
-        }
+        given = _given("shape", "chunks", "rank")
         result = run_tall_bench(
             input,
             shape=tuple(shape) if given["shape"] else (8_000_000, 64),
@@ -491,10 +495,7 @@ def bench(
             workdir=workdir,
             say=say,
         )
-        if as_json:
-            _emit_json(result)
-        else:
-            click.echo(format_tall(result))
+        _show(result, as_json, format_tall)
         return
     if suite == "factorization":
         from dlowrank.app.bench_factor import format_factorization, run_factorization_bench
