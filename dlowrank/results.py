@@ -189,8 +189,9 @@ class SVDResult(_Provenance):
     ``||a - u diag(s) vt||_F / ||a||_F``, exact or estimated as ``error_kind``
     says; ``passes`` is the number of full reads of ``a``.
 
-    Tall factors: a factor of at most ``dlowrank.factor-memory`` bytes (dask config,
-    default 256 MB) is a NumPy array; a larger one (``u``, or ``vt`` of a wide input)
+    Tall factors: a factor within the run's limit for tall quantities (min(256 MB, a
+    sixth of the tasks' budget), capped by dask config ``dlowrank.factor-memory``) is a
+    NumPy array; a larger one (``u``, or ``vt`` of a wide input)
     is a dask array over a Zarr copy in a temporary folder that lives as long as the
     array, so it is never whole in memory. ``save`` copies it chunk by chunk.
     """
