@@ -203,7 +203,9 @@ def gradient_descent(
             if rescale:  # small random factors scaled to A: U V^T at a tenth of A's RMS
                 m, n = engine.tall_shape
                 rms = np.sqrt(st.fro2 / (m * n))
-                c = np.sqrt(0.1 * rms / y_u.width) / max(_std(y_u, out.sums["usum"]), 1e-300)
+                c = np.sqrt(0.1 * rms / y_u.width) / max(
+                    _std(y_u, out.sums["usum"], np.trace(utu)), 1e-300
+                )
                 y_u, y_v = (c * y_u).materialize("u"), y_v * c
                 x_u, x_v = y_u, y_v
                 continue
@@ -243,12 +245,12 @@ def gradient_descent(
     return st
 
 
-def _std(u: Tall, total: float) -> float:
-    """The standard deviation of U's entries, from its sum (summed in the pass) and its
-    Gram (one read)."""
+def _std(u: Tall, total: float, squares: float) -> float:
+    """The standard deviation of U's entries, from their sum and sum of squares (both
+    summed in the pass: no read of U)."""
     count = u.shape[0] * u.shape[1]
     mean = total / count
-    return float(np.sqrt(max(u.sum_squares() / count - mean * mean, 0.0)))
+    return float(np.sqrt(max(squares / count - mean * mean, 0.0)))
 
 
 def nmf(

@@ -21,6 +21,7 @@ the driver. Algorithms do not branch on the placement; the engine decides it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -41,8 +42,6 @@ logger = logging.getLogger(__name__)
 #: A tall quantity at most this large (float64 bytes) stays in memory by default
 #: (also bounded by the memory budget; dask config ``dlowrank.tall-memory`` overrides).
 TALL_MEMORY = 256 << 20
-#: Rows per Zarr chunk of a scratch panel at most this many bytes.
-SCRATCH_CHUNK_BYTES = 32 << 20
 #: Name prefix of scratch folders (a checkpoint folder recognizes them as its own).
 PREFIX = "tall-"
 
@@ -177,6 +176,7 @@ class Space:
         self._execute = execute or (lambda tasks: list(dask.compute(*tasks, scheduler="threads")))
         self._made: list[weakref.ref] = []  # owners of the folders made here (see close)
         self._finalizer: Any = None
+        self._folder: _Folder | None = None  # the local temporary root, when made
 
     @property
     def root(self) -> str:
@@ -189,12 +189,12 @@ class Space:
             shared = dask.config.get("dlowrank.scratch", None)
             if shared:
                 self._root = f"{str(shared).rstrip('/')}/dlowrank-scratch-{uuid.uuid4().hex[:12]}"
-                remove = (_remove_folder, self._root, self.storage_options)
+                self._finalizer = weakref.finalize(
+                    self, _remove_folder, self._root, self.storage_options
+                )
             else:
-                base = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
-                self._root = tempfile.mkdtemp(prefix="dlowrank-scratch-", dir=base)
-                remove = (shutil.rmtree, self._root, True)
-            self._finalizer = weakref.finalize(self, *remove)
+                self._folder = _Folder("dlowrank-scratch-")
+                self._root, self._finalizer = self._folder.path, self._folder.remove
             logger.info("scratch folder for tall quantities: %s", self._root)
         return self._root
 
@@ -245,7 +245,7 @@ class Space:
         if self._own_root:
             if self._finalizer is not None:
                 self._finalizer()
-            self._root = None
+            self._root, self._folder = None, None
             return
         for ref in self._made:
             owner = ref()
@@ -457,10 +457,6 @@ class Tall:
             return self
         return self.map(_identity, width=self.width, what=what)
 
-    def sum_squares(self) -> float:
-        """||P||_F^2 (one read)."""
-        return float(np.trace(self.gram()))
-
 
 def lincomb(terms: list[tuple[float, Tall]]) -> Tall:
     """sum_j c_j T_j of Talls of one space and width: computed at once in memory, else
@@ -544,18 +540,6 @@ def _larger(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(b[0] > a[0], b, a)
 
 
-def column_signs(u: Tall) -> np.ndarray:
-    """The sign convention of :func:`dlowrank.kernels.exact.sign_flip` for a Tall: per
-    column, the sign of its entry of largest magnitude (the first on a tie), from one
-    read of the panels."""
-    if u.width == 0:
-        return np.ones(0)
-    best = u.reduce(_signed_max, combine=_larger)
-    signs = np.sign(best[2])
-    signs[signs == 0] = 1
-    return signs
-
-
 class KeptArray:
     """A read-only Zarr array that keeps its temporary folder as long as it (or a dask
     array reading it) lives. Pickled (to a worker) it is the bare Zarr URL."""
@@ -576,12 +560,13 @@ class KeptArray:
 
 
 class _Folder:
-    """A temporary folder removed when the last reference to it goes."""
+    """A local temporary folder (under dask's ``temporary-directory`` or the system's),
+    removed when the last reference to it goes or by ``remove()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str) -> None:
         base = dask.config.get("temporary-directory", None) or tempfile.gettempdir()
-        self.path = tempfile.mkdtemp(prefix="dlowrank-factor-", dir=base)
-        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
+        self.path = tempfile.mkdtemp(prefix=prefix, dir=base)
+        self.remove = weakref.finalize(self, shutil.rmtree, self.path, True)
 
 
 def _write_factor(i, span, p, url, transpose, dtype):
@@ -611,8 +596,10 @@ def factor(
     ``chunk_rows`` row chunks (the input's). ``transpose``: the factor is u^T (a wide
     input's vt), stored in (1, chunk_rows) chunks so that rows read in order.
 
-    ``flip``: apply the sign convention (:func:`column_signs`), decided from the
-    column maxima the writing tasks return (no separate read); returns (factor, signs).
+    ``flip``: apply the sign convention of :func:`~dlowrank.kernels.exact.sign_flip`
+    (per column, the sign of its entry of largest magnitude, the first on a tie),
+    decided from the column maxima the writing tasks return (no separate read); returns
+    (factor, signs).
     ``limit``: a smaller limit than the configured one (the run's memory budget)."""
     import dask.array as da
     import zarr
@@ -629,7 +616,7 @@ def factor(
         out = out.astype(dtype)
         out = out.T if transpose else out
         return (out, signs) if flip else out
-    folder = _Folder()
+    folder = _Folder("dlowrank-factor-")
     url = f"{folder.path}/factor"
     shape, chunks = ((k, m), (1, chunk_rows)) if transpose else ((m, k), (chunk_rows, k))
     zarr.create_array(url, shape=shape, dtype=dtype, chunks=chunks, compressors=None)
@@ -644,10 +631,7 @@ def factor(
     )
     if not flip:
         return lazy
-    best = stats[0]
-    for part in stats[1:]:
-        best = _larger(best, part)
-    signs = np.sign(best[2])
+    signs = np.sign(functools.reduce(_larger, stats)[2])
     signs[signs == 0] = 1
     scale = signs.astype(dtype)
     return (lazy * (scale[:, None] if transpose else scale)), signs
