@@ -335,3 +335,26 @@ def test_panel_tasks_work_in_row_slabs_with_the_same_result(tall, monkeypatch):
             r = call()
             np.testing.assert_allclose(np.asarray(r.u), ref.u, atol=1e-9 * np.abs(ref.u).max())
             assert r.rel_error == pytest.approx(ref.rel_error, rel=1e-9)
+
+
+def test_a_folder_named_like_scratch_that_dlowrank_did_not_write_is_never_removed(tall, tmp_path):
+    """Without checkpoint.json a tall-* folder is someone else's: the checkpoint is refused
+    and nothing is touched; in a checkpoint, only folders named as dlowrank names its
+    scratch are removed with it."""
+    from dlowrank.errors import UnsafeOutputError
+    from dlowrank.io.checkpoint import Checkpoint
+
+    theirs = tmp_path / "ckpt" / "tall-data"
+    theirs.mkdir(parents=True)
+    (theirs / "keep.txt").write_text("mine")
+    with pytest.raises(UnsafeOutputError, match="tall-data"):
+        dlowrank.randomized_svd(tall.array, 5, seed=1, checkpoint=tmp_path / "ckpt")
+    assert (theirs / "keep.txt").read_text() == "mine"
+
+    ckpt = tmp_path / "ours"
+    with dask.config.set(SCRATCH):
+        dlowrank.randomized_svd(tall.array, 5, seed=1, checkpoint=ckpt)
+    (ckpt / "tall-notes").mkdir()
+    assert (ckpt / "tall-0003-y").is_dir()
+    Checkpoint(str(ckpt), {}).remove()
+    assert sorted(os.listdir(ckpt)) == ["tall-notes"]

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import uuid
 import warnings
 from typing import Any
@@ -28,6 +29,13 @@ logger = logging.getLogger(__name__)
 FORMAT = 2  # 2: the first pass holds ||A||_F^2 under the engine's own key
 #: Names of the files a checkpoint writes (all it ever removes).
 _OWN_PREFIXES = ("checkpoint.json", "pass-", ".tmp-", "tall-")
+#: What may be ours in a folder without checkpoint.json: pass files (each checked on load),
+#: never folders (tall-* scratch is written only after checkpoint.json, and is removed
+#: recursively: a folder of that name without it is someone else's).
+_LOOSE_PREFIXES = ("pass-", ".tmp-")
+#: The scratch folders dlowrank names in a checkpoint (engine/tall.py): tall-NNNN-key
+#: for a pass's outputs, tall-x<8 hex>-what for a computed quantity.
+_SCRATCH = re.compile(r"tall-(\d{4}|x[0-9a-f]{8})-")
 
 
 class Checkpoint:
@@ -101,7 +109,7 @@ class Checkpoint:
                 f"checkpoint {self.url} is a file, not a checkpoint folder; choose "
                 "another --checkpoint; nothing was touched"
             )
-        entries = [e for e in self._entries() if not e.startswith(_OWN_PREFIXES)]
+        entries = [e for e in self._entries() if not e.startswith(_LOOSE_PREFIXES)]
         if entries:  # pass files alone (checkpoint.json lost) are ours, each checked on load
             raise UnsafeOutputError(
                 f"checkpoint folder {self.url} already holds {len(entries)} entr"
@@ -198,8 +206,10 @@ class Checkpoint:
             if not self._entries():
                 return
         for name in self._entries():
-            if name.startswith(_OWN_PREFIXES):  # tall-*: a pass's scratch panels (folders)
-                self.fs.rm(self._file(name), recursive=name.startswith("tall-"))
+            if _SCRATCH.match(name):  # a pass's (or a computed quantity's) scratch panels
+                self.fs.rm(self._file(name), recursive=True)
+            elif name.startswith(_LOOSE_PREFIXES + ("checkpoint.json",)):
+                self.fs.rm(self._file(name))
         if self._entries():
             logger.warning(
                 "checkpoint %s: removed dlowrank's files; left the folder, which holds others",
