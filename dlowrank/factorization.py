@@ -155,6 +155,8 @@ def factorize(
     progress: Any = None,
     timeout: float | None = None,
     memory: Any = None,
+    out: Any = None,
+    overwrite: bool = False,
     method: str | None = None,
 ) -> FactorizationResult:
     """Factorize ``a ≈ u @ v.T`` with weight decay, blockwise: one pass per iteration.
@@ -198,7 +200,7 @@ def factorize(
 
     seed : int, SeedSequence or None, default 0
         Seed of the random start and of the SVD start's test matrix.
-    client, storage_options, checkpoint, progress, timeout, memory
+    client, storage_options, checkpoint, progress, timeout, memory, out, overwrite
         As in :func:`dlowrank.randomized_svd`.
 
     Returns
@@ -260,6 +262,8 @@ def nmf(
     progress: Any = None,
     timeout: float | None = None,
     memory: Any = None,
+    out: Any = None,
+    overwrite: bool = False,
 ) -> FactorizationResult:
     """Non-negative factorization ``a ≈ u @ v.T`` with ``u, v >= 0``, blockwise.
 
@@ -283,7 +287,7 @@ def nmf(
     max_iter, tol, weight_decay, seed, max_seconds
         As in :func:`factorize` (tol relative to the objective).
 
-    client, storage_options, checkpoint, progress, timeout, memory
+    client, storage_options, checkpoint, progress, timeout, memory, out, overwrite
         As in :func:`dlowrank.randomized_svd`.
 
     Returns

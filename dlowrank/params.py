@@ -156,7 +156,7 @@ class Param:
     The function validates with :meth:`parse`; the job schema and the CLI flags are
     derived from the same declaration (the flag is ``--`` + the name with dashes).
     ``kind`` is a type (int, float, bool, str, dict), a tuple of choices, or one of
-    "seed", "sketch_size", "memory", "memory_or_auto", "checkpoint", "object".
+    "seed", "sketch_size", "memory", "memory_or_auto", "checkpoint", "url", "object".
     """
 
     name: str
@@ -217,6 +217,10 @@ class Param:
                 parse_int(part, name, 1)
         elif kind in ("memory", "memory_or_auto"):
             return parse_memory(value, name, auto=kind == "memory_or_auto")
+        elif kind == "url" and not isinstance(value, (str, os.PathLike)):
+            raise ParameterError(
+                f"`{name}` must be a path or URL (str or os.PathLike); got {value!r}"
+            )
         elif kind == "checkpoint" and not (
             isinstance(value, (str, os.PathLike)) or hasattr(value, "open")
         ):

@@ -4,7 +4,8 @@ A saved result is a Zarr group. Its arrays (``u``, ``s``, ``vt`` for an SVD;
 ``w``, ``v`` for an eigen-decomposition; ``u``, ``v``, ``loss`` for a
 factorization) live in an immutable version group inside it, ``v-<tag>``. The
 group's own attribute ``dlowrank`` holds the provenance: exactly
-:meth:`SVDResult.to_dict`, the arrays' SHA-256 ``checksums``, ``"complete":
+:meth:`SVDResult.to_dict`, the arrays' SHA-256 ``checksums`` (of a lazy factor, by
+blocks: see :data:`BLOCKS`), ``"complete":
 true`` and ``"current": "v-<tag>"``. It is written last, in one atomic step, so a
 reader that goes through it (:func:`load`) sees the old result or the new one.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -49,6 +50,9 @@ class _Provenance:
     input: dict = field(default_factory=dict)
     seconds: float = 0.0
     restored_passes: int = 0  # passes taken from a checkpoint of an earlier run
+    # the process tree's peak resident memory during the run (MiB): this process and its
+    # children (a LocalCluster's workers), sampled every 0.1 s; 0 when not measured
+    peak_memory_mb: float = 0.0
     version: str = field(default_factory=_version)
     created: str = field(default_factory=_now)
 
@@ -103,9 +107,17 @@ class _Provenance:
         group's own metadata, holding the provenance and the name of the current
         version, is written last in one atomic step (see module doc).
         """
+        self._publish(url, overwrite=overwrite, storage_options=storage_options)
+
+    def _publish(
+        self, url: Any, *, overwrite: bool = False, storage_options: dict | None = None
+    ) -> str:
+        """``save``; return the name of the version written (lazy factors are copied and
+        hashed by their own tasks, so they are read once)."""
         kwargs = {"storage_options": storage_options} if storage_options else {}
         arrays = {name: _in_memory_or_lazy(getattr(self, name)) for name in self._arrays}
-        attrs = {**self.to_dict(), "checksums": {k: _checksum(v) for k, v in arrays.items()}}
+        sums = {k: _checksum(v) for k, v in arrays.items() if isinstance(v, np.ndarray)}
+        attrs = {**self.to_dict(), "checksums": sums}
 
         def write(version: str) -> None:
             group = zarr.open_group(version, mode="w", **kwargs)
@@ -114,9 +126,10 @@ class _Provenance:
                 if isinstance(data, np.ndarray):
                     group.create_array(name, data=data, chunks=self._chunks(name, data))
                 else:  # a factor larger than memory: copied chunk by chunk, never whole
-                    _store_lazy(group, name, data)
+                    sums[name] = _store_lazy(group, name, data)
+            group.attrs["dlowrank"] = attrs  # with the checksums of the lazy factors
 
-        publish_result(
+        return publish_result(
             url,
             write,
             attrs,
@@ -125,9 +138,29 @@ class _Provenance:
             inputs=[self.input.get("source")],
         )
 
+    def _reopened(self, url: Any, version: str, storage_options: dict | None = None) -> Any:
+        """This result with its lazy factors read from the published ``version`` of
+        ``url`` (so they outlive the run's temporary copies)."""
+        import dask.array as da
 
-#: Largest piece of a lazy factor read at once (to hash or copy it).
+        kwargs = {"storage_options": storage_options} if storage_options else {}
+        base = f"{os.fspath(url).rstrip('/')}/{version}"
+        lazy = {
+            name: da.from_zarr(zarr.open_array(f"{base}/{name}", mode="r", **kwargs))
+            for name in self._arrays
+            if _is_lazy(getattr(self, name))
+        }
+        return replace(self, **lazy) if lazy else self
+
+
+#: Largest piece of a lazy factor read at once (to hash it in the driver: older results).
 SLAB_BYTES = 64 << 20
+
+#: Prefix of a block checksum: ``blocks:R,C:HEX`` is the SHA-256 of the concatenated
+#: SHA-256 digests of the array's (R, C) blocks in C order, each block's bytes in C order.
+#: The tasks that copy a lazy factor hash their own blocks, so only digests reach the
+#: driver; a plain ``HEX`` is the SHA-256 of the whole array's bytes (small arrays).
+BLOCKS = "blocks:"
 
 
 def _in_memory_or_lazy(a: Any) -> Any:
@@ -158,6 +191,14 @@ def _slabs(shape: tuple, itemsize: int):
             yield (slice(r, r + 1), slice(c, min(n, c + step)))
 
 
+def _digest(block: Any) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(block)).digest()
+
+
+def _combine(block: tuple[int, ...], digests: list[bytes]) -> str:
+    return f"{BLOCKS}{','.join(map(str, block))}:" + hashlib.sha256(b"".join(digests)).hexdigest()
+
+
 def _checksum(a: Any) -> str:
     """SHA-256 of an array's bytes in C order: load verifies what it read against it. A
     lazy array (dask, or an open Zarr array) is hashed piece by piece, never whole."""
@@ -169,14 +210,66 @@ def _checksum(a: Any) -> str:
     return h.hexdigest()
 
 
-def _store_lazy(group: Any, name: str, data: Any) -> None:
-    """Write a dask array into ``group`` in its own chunking (each task writes whole Zarr
-    chunks)."""
-    import dask.array as da
+def _block_grid(a: Any, block: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """The index tuples of ``a``'s blocks of shape ``block``, in C order."""
+    import itertools
 
-    chunks = tuple(c[0] for c in data.chunks)
-    target = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
-    da.store(data.rechunk(chunks), target, lock=False)
+    axes = [range(0, n, b) for n, b in zip(a.shape, block, strict=True)]
+    return [
+        tuple(slice(o, min(o + b, n)) for o, b, n in zip(start, block, a.shape, strict=True))
+        for start in itertools.product(*axes)
+    ]
+
+
+def _block_checksum(a: Any, block: tuple[int, ...]) -> str:
+    """The ``blocks:`` checksum of ``a``: for a dask array, one task per block (only the
+    digests come back), else block by block here."""
+    grid = _block_grid(a, block)
+    if not _is_dask(a):
+        return _combine(block, [_digest(np.asarray(a[index])) for index in grid])
+    import dask
+
+    x = a.rechunk(block)
+    tasks = [dask.delayed(_digest)(x.blocks[i]) for i in np.ndindex(*x.numblocks)]
+    return _combine(block, list(dask.compute(*tasks)))
+
+
+def _is_dask(a: Any) -> bool:
+    return hasattr(a, "dask") and hasattr(a, "chunks")
+
+
+def verify(a: Any, recorded: str) -> bool:
+    """Whether ``a`` matches a checksum recorded by ``save`` (either kind)."""
+    if recorded.startswith(BLOCKS):
+        try:
+            block = tuple(int(b) for b in recorded[len(BLOCKS) :].split(":")[0].split(","))
+        except ValueError:  # a damaged record
+            return False
+        return len(block) == a.ndim and min(block) > 0 and _block_checksum(a, block) == recorded
+    return _checksum(a) == recorded
+
+
+def _copy_block(block: np.ndarray, target: Any, index: tuple[slice, ...]) -> bytes:
+    """Write one block of a lazy factor to its place in ``target``; return its digest."""
+    target[index] = block
+    return _digest(block)
+
+
+def _store_lazy(group: Any, name: str, data: Any) -> str:
+    """Write a dask array into ``group`` in its own chunking, one task per Zarr chunk that
+    writes it and hashes it (one read of ``data``, only digests to the driver); return
+    its ``blocks:`` checksum."""
+    import dask
+
+    block = tuple(c[0] for c in data.chunks)
+    target = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=block)
+    x = data.rechunk(block)
+    grid = _block_grid(x, block)
+    tasks = [
+        dask.delayed(_copy_block)(x.blocks[i], target, index)
+        for i, index in zip(np.ndindex(*x.numblocks), grid, strict=True)
+    ]
+    return _combine(block, list(dask.compute(*tasks)))
 
 
 @dataclass(frozen=True, repr=False)
@@ -324,7 +417,7 @@ def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDR
             problem = f"{type(exc).__name__}: {exc}"
             continue
         sums = attrs.get("checksums") or {}
-        bad = [n for n, a in arrays.items() if n in sums and _checksum(a) != sums[n]]
+        bad = [n for n, a in arrays.items() if n in sums and not verify(a, sums[n])]
         if bad:
             problem = f"the arrays {', '.join(bad)} do not match their checksums"
             continue

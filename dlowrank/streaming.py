@@ -211,6 +211,8 @@ def randomized_svd(
     progress: Any = None,
     timeout: float | None = None,
     memory: Any = None,
+    out: Any = None,
+    overwrite: bool = False,
     tol: float | None = None,
 ) -> SVDResult | EighResult:
     """Randomized SVD with power iterations, in q + 1 passes over ``a``.
@@ -269,6 +271,14 @@ def randomized_svd(
         panels are grouped up to a sixth of a task's share (at most 256 MB); layout
         "auto" reads chunk by chunk when a chunk row does not fit. A budget that cannot
         hold one chunk is refused before any pass, with a rechunk command.
+    out : str or os.PathLike, optional
+        A Zarr group (path or URL) where the result is saved when it is made, as
+        :meth:`SVDResult.save` does: atomically for readers, refused before any pass
+        when it exists (unless ``overwrite``) or is the input. A factor above the
+        in-memory limit is written there by tasks, chunk by chunk in the input's row
+        chunking, and the returned result reads it lazily from there.
+    overwrite : bool, default False
+        Replace an existing result at ``out`` once the new one is complete.
 
     Returns
     -------
@@ -357,6 +367,8 @@ def sketch_svd(
     progress: Any = None,
     timeout: float | None = None,
     memory: Any = None,
+    out: Any = None,
+    overwrite: bool = False,
 ) -> SVDResult:
     """Single-pass SVD from three sketches, with an estimated error and its confidence.
 
@@ -381,7 +393,7 @@ def sketch_svd(
     layout : {"block", "panel", "auto"}
         "block" (default): one task per chunk, the least memory, since every
         sketch is a sum of per-chunk terms; "panel" groups chunk rows.
-    client, storage_options, checkpoint, progress, timeout, memory
+    client, storage_options, checkpoint, progress, timeout, memory, out, overwrite
         As in :func:`randomized_svd`.
 
     Returns
@@ -430,6 +442,8 @@ def nystrom(
     progress: Any = None,
     timeout: float | None = None,
     memory: Any = None,
+    out: Any = None,
+    overwrite: bool = False,
 ) -> EighResult:
     """Single-pass Nyström eigen-decomposition of a symmetric positive semidefinite matrix.
 
@@ -446,7 +460,7 @@ def nystrom(
         Rows d of the error sketch.
     layout : {"block", "panel", "auto"}
         One task per chunk by default (see :func:`sketch_svd`).
-    client, storage_options, checkpoint, progress, timeout, memory
+    client, storage_options, checkpoint, progress, timeout, memory, out, overwrite
         As in :func:`randomized_svd`.
 
     Returns

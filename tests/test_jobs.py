@@ -290,10 +290,12 @@ def test_unreachable_scheduler_exits_4(matrix, tmp_path):
         2,
         "--scheduler",
         "tcp://127.0.0.1:9",
-        env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"},
+        "--connect-timeout",
+        2,
     )
     assert res.returncode == 4, res.stderr
     assert res.stderr.startswith("error: storage or cluster failure")
+    assert "within 2 s" in res.stderr
 
 
 def test_spectrum_prints_the_decay_and_draws_the_plot(matrix, tmp_path):

@@ -32,6 +32,8 @@ assert n.u.min() >= 0 and n.v.min() >= 0
 import dask.array, numpy
 assert isinstance(tall.u, dask.array.Array) and isinstance(back.u, dask.array.Array)
 assert isinstance(in_memory.u, numpy.ndarray) and tall.u.chunksize == (50_000, 10)
+assert isinstance(direct.u, dask.array.Array) and direct.u.name.startswith("from-zarr")
+assert numpy.array_equal(direct.s, in_memory.s) and direct.peak_memory_mb > 0
 print("README snippets ran")
 """
     script = tmp_path / "readme_snippets.py"

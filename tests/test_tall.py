@@ -13,6 +13,7 @@ import pytest
 
 import dlowrank
 from dlowrank.engine import passes
+from dlowrank.errors import OutputExistsError, ParameterError
 
 #: Force the scratch path: every tall quantity and every result factor goes to Zarr.
 SCRATCH = {"dlowrank.tall-memory": 0, "dlowrank.factor-memory": 0}
@@ -80,15 +81,51 @@ def test_save_copies_a_lazy_factor_and_load_returns_it_lazily(tall, tmp_path):
         back = dlowrank.load(tmp_path / "r.zarr")
     assert isinstance(back.u, da.Array)
     np.testing.assert_array_equal(np.asarray(back.u), ref.u)
-    # the same bytes, the same checksums, whichever way the factor was held
+    # the same bytes: the lazy factor's checksum, by blocks (hashed by the tasks that
+    # copied them), holds for the in-memory factor too
     import zarr
+
+    from dlowrank.errors import ResultError
+    from dlowrank.results import verify
 
     sums = [
         zarr.open_group(str(tmp_path / name)).attrs["dlowrank"]["checksums"]
         for name in ("ref.zarr", "r.zarr")
     ]
-    assert sums[0] == sums[1]
+    assert sums[1]["u"].startswith("blocks:500,5:") and not sums[0]["u"].startswith("blocks:")
+    assert verify(ref.u, sums[1]["u"]) and verify(back.u, sums[1]["u"])
+    assert sums[0]["vt"] == sums[1]["vt"] and sums[0]["s"] == sums[1]["s"]
     assert isinstance(dlowrank.load(tmp_path / "r.zarr").u, np.ndarray)  # default limit
+    # one changed entry in one block of the stored factor: load refuses it
+    group = zarr.open_group(str(tmp_path / "r.zarr"))
+    stored = zarr.open_array(str(tmp_path / "r.zarr" / group.attrs["dlowrank"]["current"] / "u"))
+    stored[2500, 3] = stored[2500, 3] + 1e-3
+    with dask.config.set(SCRATCH), pytest.raises(ResultError, match="u do not match"):
+        dlowrank.load(tmp_path / "r.zarr")
+
+
+def test_out_saves_the_result_as_it_is_made_and_refuses_a_bad_output_first(tall, tmp_path):
+    ref = dlowrank.randomized_svd(tall.array, 5, seed=1)
+    out = tmp_path / "r.zarr"
+    with dask.config.set({**SCRATCH, "temporary-directory": str(tmp_path)}):
+        r = dlowrank.randomized_svd(tall.array, 5, seed=1, out=out)
+        f = dlowrank.factorize(tall.array, 3, max_iter=2, out=tmp_path / "f.zarr")
+    # the returned factor reads the published version: no temporary copy is left
+    assert isinstance(r.u, da.Array) and r.u.name.startswith("from-zarr")
+    assert glob.glob(str(tmp_path / "dlowrank-*")) == []
+    back = dlowrank.load(out)
+    np.testing.assert_array_equal(np.asarray(r.u), ref.u)
+    np.testing.assert_array_equal(back.u, ref.u)
+    assert back.rel_error == r.rel_error and dlowrank.load(tmp_path / "f.zarr").n_iter == f.n_iter
+    assert 0 < r.peak_memory_mb == back.peak_memory_mb  # the run's, recorded with it
+    events = []
+    with pytest.raises(OutputExistsError):  # before any pass
+        dlowrank.randomized_svd(tall.array, 5, out=out, progress=events.append)
+    assert events == []
+    again = dlowrank.randomized_svd(tall.array, 4, seed=1, out=out, overwrite=True)
+    assert dlowrank.load(out).rank == 4 == again.rank
+    with pytest.raises(ParameterError, match="`out` must be a path or URL"):
+        dlowrank.randomized_svd(tall.array, 5, out=3)
 
 
 def test_no_m_row_array_is_built_in_the_scratch_path(tmp_path, monkeypatch):

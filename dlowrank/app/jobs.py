@@ -23,7 +23,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from dlowrank.engine.runner import CHECKPOINT, MEMORY, STORAGE_OPTIONS, TIMEOUT
+from dlowrank.engine.runner import CHECKPOINT, MEMORY, OVERWRITE, STORAGE_OPTIONS, TIMEOUT
 from dlowrank.errors import (
     DlowrankWarning,
     OutOfSpaceError,
@@ -94,9 +94,7 @@ INPUT = [
     ),
 ]
 OUTPUT = [
-    _run_param(
-        "overwrite", bool, False, "Replace an existing result once the new one is complete."
-    ),
+    replace(OVERWRITE, role="run"),
     CHECKPOINT,
     _run_param("restart", bool, False, "Discard an existing checkpoint instead of resuming."),
     STORAGE_OPTIONS,

@@ -11,7 +11,9 @@ algorithm on ``run.engine``, ``run.svd(...)`` (or ``eigh``, ``factorization``).
 from __future__ import annotations
 
 import logging
+import os
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from dlowrank.engine.tall import Tall, factor
 from dlowrank.io.source import input_info, open_source
 from dlowrank.kernels import exact
 from dlowrank.params import MAX_TIMEOUT, Param, Spec, parse_seed, seed_record
+from dlowrank.runtime.budget import PeakMemory
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +95,26 @@ MEMORY = Param(
     "and the layout follow from it; a budget that cannot hold one chunk is refused.",
     role="run",
 )
+OUT = Param(
+    "out",
+    "url",
+    None,
+    "Zarr group (path or URL) where the result is saved as it is made, atomically: a "
+    "tall factor is written there chunk by chunk by the tasks (in the input's row "
+    "chunking), never whole in memory; the returned result reads it from there "
+    "(see dlowrank.load). The command line and jobs always have one (--out).",
+    role="api",
+    path=True,
+)
+OVERWRITE = Param(
+    "overwrite",
+    bool,
+    False,
+    "Replace an existing result at the output once the new one is complete.",
+    role="api",
+)
 #: Engine parameters of every streaming function (factorizations fix the layout).
-ENGINE = (CLIENT, STORAGE_OPTIONS, CHECKPOINT, PROGRESS, TIMEOUT, MEMORY)
+ENGINE = (CLIENT, STORAGE_OPTIONS, CHECKPOINT, PROGRESS, TIMEOUT, MEMORY, OUT, OVERWRITE)
 
 
 class Run:
@@ -106,11 +127,23 @@ class Run:
 
     def __init__(self, spec: Spec, a: Any, **values: Any) -> None:
         self.start = time.perf_counter()
+        self.memory = PeakMemory(interval=0.1).__enter__()  # the result's peak_memory_mb
+        weakref.finalize(self, self.memory.__exit__)
         self.spec, self.a = spec, a
         v = spec.parse(values)
         self.values = v
         self.source = open_source(a, storage_options=v.get("storage_options"))
         params = spec.check(v, self.source) if spec.check is not None else {}
+        if v.get("out") is not None:  # refused before any pass, as the command line does
+            from dlowrank.io.store import check_output
+
+            given = a if isinstance(a, (str, os.PathLike)) else None
+            check_output(
+                os.fspath(v["out"]),
+                overwrite=v.get("overwrite", False),
+                inputs=[None if given is None else os.fspath(given)],
+                storage_options=v.get("storage_options"),
+            )
         checkpoint = v.get("checkpoint")
         self.engine = PassEngine(
             self.source,
@@ -155,6 +188,17 @@ class Run:
     def dtype(self) -> np.dtype:
         return self.source.dtype
 
+    def _finish(self, result: Any) -> Any:
+        """The result, saved at ``out`` when given (its lazy factors then read from there)."""
+        out = self.values.get("out")
+        if out is None:
+            return result
+        so = self.values.get("storage_options")
+        version = result._publish(
+            out, overwrite=self.values.get("overwrite", False), storage_options=so
+        )
+        return result._reopened(out, version, so)
+
     def _provenance(self, algorithm: str | None, params: dict | None) -> dict:
         return {
             "passes": self.engine.passes,
@@ -164,7 +208,13 @@ class Run:
             "seed": seed_record(self.seed),
             "input": input_info(self.source, self.a),
             "seconds": time.perf_counter() - self.start,
+            "peak_memory_mb": self._peak() / 2**20,
         }
+
+    def _peak(self) -> int:
+        """The process tree's peak RSS from the start of the run to now (sampling stops)."""
+        self.memory.__exit__()
+        return self.memory.peak
 
     def svd(
         self,
@@ -192,7 +242,7 @@ class Run:
             u, vt = exact.sign_flip(u, vt)
             u, vt = u.astype(dtype), vt.astype(dtype)
         self.engine.close()
-        return SVDResult(
+        result = SVDResult(
             u=u,
             s=s.astype(dtype),
             vt=vt,
@@ -200,6 +250,7 @@ class Run:
             error_kind=error_kind,
             **self._provenance(algorithm, params),
         )
+        return self._finish(result)
 
     @property
     def _limit(self) -> int:
@@ -236,13 +287,14 @@ class Run:
 
         self.engine.close()
         v, _ = exact.sign_flip(v)
-        return EighResult(
+        result = EighResult(
             w=w.astype(self.dtype),
             v=v.astype(self.dtype),
             rel_error=rel_error,
             error_kind=error_kind,
             **self._provenance(algorithm, params),
         )
+        return self._finish(result)
 
     def factorization(self, st: Any, *, algorithm: str) -> Any:
         """A FactorizationResult from an algorithm's final state (tall orientation undone)."""
@@ -260,7 +312,7 @@ class Run:
             if self.engine.transpose
             else (tall, st.v.astype(self.dtype))
         )
-        return FactorizationResult(
+        result = FactorizationResult(
             u=u,
             v=v,
             loss=np.asarray(st.loss),
@@ -270,3 +322,4 @@ class Run:
             error_kind="exact",
             **self._provenance(algorithm, None),
         )
+        return self._finish(result)

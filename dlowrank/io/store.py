@@ -409,12 +409,13 @@ def publish_result(
     """Publish a result as a new immutable version inside ``url``; return its name.
 
     ``write_version(version_url)`` writes the result's arrays as a Zarr group at
-    ``url/v-<tag>``. Then the result's root metadata, ``url/zarr.json`` (a Zarr
-    group whose ``dlowrank`` attribute is ``attrs`` plus ``"complete": true``
-    and ``"current": "v-<tag>"``), is written in one atomic step: an
-    ``os.replace`` on a local file system, one PUT on an object store. A reader
-    that reads the pointer first (``dlowrank.load``) sees the old result or the
-    new one, whole. Versions older than the previous one are removed afterwards.
+    ``url/v-<tag>``; it may add to ``attrs`` (checksums computed while writing).
+    Then the result's root metadata, ``url/zarr.json`` (a Zarr group whose
+    ``dlowrank`` attribute is ``attrs`` plus ``"complete": true`` and ``"current":
+    "v-<tag>"``), is written in one atomic step: an ``os.replace`` on a local file
+    system, one PUT on an object store. A reader that reads the pointer first
+    (``dlowrank.load``) sees the old result or the new one, whole. Versions older than
+    the previous one are removed afterwards.
     Without ``overwrite`` a pointer that appeared meanwhile is never replaced.
     """
     url = os.fspath(url)
@@ -427,13 +428,13 @@ def publish_result(
     created = not fs.exists(path)
     tag = f"{VERSION_PREFIX}{uuid.uuid4().hex[:12]}"
     version = f"{url.rstrip('/')}/{tag}"
-    pointer = {
-        "zarr_format": 3,
-        "node_type": "group",
-        "attributes": {"dlowrank": {**attrs, "complete": True, "current": tag}},
-    }
     try:
         write_version(version)
+        pointer = {  # after the write, which may complete ``attrs`` (checksums)
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": {"dlowrank": {**attrs, "complete": True, "current": tag}},
+        }
         _write_pointer(fs, path, json.dumps(pointer, indent=2).encode(), overwrite, tag)
     except BaseException:
         _remove_quietly(fs, f"{path}/{tag}")
