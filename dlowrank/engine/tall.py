@@ -541,14 +541,16 @@ def _larger(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class KeptArray:
-    """A read-only Zarr array that keeps its temporary folder as long as it (or a dask
-    array reading it) lives. Pickled (to a worker) it is the bare Zarr URL."""
+    """A read-only Zarr array that keeps its temporary folder (``keeper``: a local
+    :class:`_Folder`, or the :class:`_Owner` of a folder under ``dlowrank.scratch``) as
+    long as it (or a dask array reading it) lives. Pickled (to a worker) it is the bare
+    Zarr URL."""
 
-    def __init__(self, url: str, keeper: Any = None) -> None:
+    def __init__(self, url: str, keeper: Any = None, storage_options: dict | None = None) -> None:
         import zarr
 
-        self.url, self._keeper = url, keeper
-        self._array = zarr.open_array(url, mode="r")
+        self.url, self._keeper, self._so = url, keeper, storage_options
+        self._array = zarr.open_array(url, mode="r", storage_options=storage_options)
         self.shape, self.dtype, self.ndim = self._array.shape, self._array.dtype, self._array.ndim
         self.chunks = self._array.chunks
 
@@ -556,7 +558,7 @@ class KeptArray:
         return self._array[key]
 
     def __reduce__(self):
-        return (KeptArray, (self.url,))
+        return (KeptArray, (self.url, None, self._so))
 
 
 class _Folder:
@@ -569,11 +571,11 @@ class _Folder:
         self.remove = weakref.finalize(self, shutil.rmtree, self.path, True)
 
 
-def _write_factor(i, span, p, url, transpose, dtype):
+def _write_factor(i, span, p, url, transpose, dtype, storage_options):
     """Write a panel of the factor; return its column maxima (the sign convention)."""
     import zarr
 
-    arr = zarr.open_array(url, mode="r+")
+    arr = zarr.open_array(url, mode="r+", storage_options=storage_options)
     if transpose:
         arr[:, span[0] : span[1]] = p.T.astype(dtype)
     else:
@@ -592,9 +594,11 @@ def factor(
 ) -> Any:
     """A result's factor from a Tall, in ``dtype``: NumPy when at most
     :func:`factor_limit` bytes, else a dask array over a Zarr array in a temporary
-    folder that lives as long as the array does, written panel by panel by tasks, in
-    ``chunk_rows`` row chunks (the input's). ``transpose``: the factor is u^T (a wide
-    input's vt), stored in (1, chunk_rows) chunks so that rows read in order.
+    folder (under dask config ``dlowrank.scratch`` when set, which every worker and the
+    driver reach, else a local one) that lives as long as the array does, written panel
+    by panel by tasks, in ``chunk_rows`` row chunks (the input's). ``transpose``: the
+    factor is u^T (a wide input's vt), stored in (1, chunk_rows) chunks so that rows
+    read in order.
 
     ``flip``: apply the sign convention of :func:`~dlowrank.kernels.exact.sign_flip`
     (per column, the sign of its entry of largest magnitude, the first on a tie),
@@ -616,18 +620,27 @@ def factor(
         out = out.astype(dtype)
         out = out.T if transpose else out
         return (out, signs) if flip else out
-    folder = _Folder("dlowrank-factor-")
-    url = f"{folder.path}/factor"
+    so = u.space.storage_options
+    shared = dask.config.get("dlowrank.scratch", None)
+    if shared:  # where every worker can write and every reader can read
+        folder = f"{str(shared).rstrip('/')}/dlowrank-factor-{uuid.uuid4().hex[:12]}"
+        keeper: Any = _Owner(folder, so)
+    else:
+        keeper = _Folder("dlowrank-factor-")
+        folder, so = keeper.path, None
+    url = f"{folder}/factor"
     shape, chunks = ((k, m), (1, chunk_rows)) if transpose else ((m, k), (chunk_rows, k))
-    zarr.create_array(url, shape=shape, dtype=dtype, chunks=chunks, compressors=None)
+    zarr.create_array(
+        url, shape=shape, dtype=dtype, chunks=chunks, compressors=None, storage_options=so
+    )
     aligned = all(r0 % chunk_rows == 0 for r0, _ in u.space.ranges)
-    tasks = u._tasks(_write_factor, (), (url, transpose, dtype), [None] * len(u), _larger)
+    tasks = u._tasks(_write_factor, (), (url, transpose, dtype, so), [None] * len(u), _larger)
     if aligned:
         stats = u.space.execute(tasks)
     else:  # panels share chunks: one writer at a time
         stats = [u.space.execute([task])[0] for task in tasks]
     lazy = da.from_array(
-        KeptArray(url, folder), chunks=chunks, name=f"dlowrank-factor-{uuid.uuid4().hex}"
+        KeptArray(url, keeper, so), chunks=chunks, name=f"dlowrank-factor-{uuid.uuid4().hex}"
     )
     if not flip:
         return lazy
