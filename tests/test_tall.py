@@ -293,7 +293,8 @@ def test_canonicalize_predict_and_contributions_work_on_lazy_factors(tall):
 
 def test_scratch_may_live_under_a_url_every_worker_reaches(tall):
     """dask config ``dlowrank.scratch``: an fsspec URL (here the in-process memory
-    filesystem, standing in for an object-store prefix); removed after the run."""
+    filesystem, standing in for an object-store prefix); the run's panels are removed
+    after it, the result's factor with the result."""
     import fsspec
 
     ref = dlowrank.randomized_svd(tall.array, 5, seed=1, layout="block")
@@ -309,7 +310,13 @@ def test_scratch_may_live_under_a_url_every_worker_reaches(tall):
         )
     assert seen and seen[-1]  # the passes' panels were there during the run
     np.testing.assert_allclose(np.asarray(r.u), ref.u, atol=1e-10)
-    assert not fs.exists("/dlr-scratch") or fs.ls("/dlr-scratch") == []  # gone after it
+    # after the run only the result's factor is there, and it goes with the result
+    assert [p["name"].split("/")[-1][:16] for p in fs.ls("/dlr-scratch")] == ["dlowrank-factor-"]
+    del r
+    import gc
+
+    gc.collect()
+    assert not fs.exists("/dlr-scratch") or fs.ls("/dlr-scratch") == []
 
 
 def test_separable_kernels_run_in_row_slabs_with_the_same_result(tall, monkeypatch):
