@@ -7,6 +7,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 import dlowrank
+from dlowrank.app.bench_tall import _task_inputs_plugin
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +90,23 @@ def test_scratch_panels_on_a_cluster_equal_threaded_results(cluster, tmp_path):
     import dask.array as da
 
     path = str(tmp_path / "a.zarr")
-    dlowrank.generate(path, (6_000, 300), 50, noise=1e-3, chunks=(1_000, 300), seed=2)
+    dlowrank.generate(path, (12_000, 300), 50, noise=1e-3, chunks=(1_000, 300), seed=2)
     local = dlowrank.randomized_svd(path, 8, seed=3, layout="block")
     scratch = {"dlowrank.tall-memory": 0, "dlowrank.factor-memory": 0}
     with dask.config.set(scratch), Client(cluster) as client:
+        plugin = _task_inputs_plugin()  # what every task receives, seen by the scheduler
+        client.register_plugin(plugin)
         dist = dlowrank.randomized_svd(path, 8, seed=3, layout="block", client=client)
         sketch = dlowrank.sketch_svd(path, 8, seed=3, client=client)
+        seen = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.plugins[plugin.name].report()
+        )
+        client.unregister_scheduler_plugin(plugin.name)
         u = np.asarray(dist.u)
+    # no task received an m-row operand whole: every task's inputs (data sent to it and
+    # its own spec) are smaller than the narrowest one, U (12,000 x 8 float64, 768 kB);
+    # the largest is a 1000-row panel of the sketch's widest quantity (53 columns)
+    assert seen["tasks"] > 50 and seen["largest_input_bytes"] < 12_000 * 8 * 8, seen
     assert isinstance(dist.u, da.Array) and isinstance(sketch.u, da.Array)
     np.testing.assert_allclose(u, local.u, atol=1e-10)
     np.testing.assert_allclose(dist.s, local.s, rtol=1e-10)

@@ -10,15 +10,23 @@ error comes from one more pass with its stored U (||A - U S V^T||_F^2 = ||A||_F^
 2 sum_i s_i u_i^T A v_i + sum_i s_i^2 for orthonormal U and V), and U's orthonormality
 and row chunking are read from the output store. ``--heights`` repeats ``svd`` uncapped
 on the first rows of A at other heights, to show that the peak does not grow with m.
+``--cluster-memory`` repeats the four calls through the library on a 2-worker
+LocalCluster whose workers are capped at that ``memory_limit``, with a scheduler plugin
+that records every task's inputs (its dependencies' sizes and its own serialized spec):
+the largest is compared with the m-row operands, which no task may receive whole.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -97,6 +105,7 @@ def run_tall_bench(
     rank: int,
     cap_mb: int,
     heights: tuple[int, ...] = (),
+    cluster_memory: str | None = None,
     workdir: str | None = None,
     say: Callable[[str], None] = print,
 ) -> dict:
@@ -144,6 +153,10 @@ def run_tall_bench(
             say(f"svd on {m} rows (uncapped)")
             run = _run(["svd", part, "--out", out, "--rank", str(rank)], None)
             by_height.append({**run, "rows": min(m, x.shape[0])})
+        cluster = []
+        if cluster_memory:
+            say(f"2-worker LocalCluster, workers capped at {cluster_memory}")
+            cluster = _cluster_rows(input, positive, rank, cluster_memory, tmp)
     return {
         "shape": list(x.shape),
         "chunks": [c[0] for c in x.chunks],
@@ -155,6 +168,8 @@ def run_tall_bench(
         "optimal_error": optimal,
         "rows": rows,
         "heights": by_height,
+        "cluster": cluster,
+        "cluster_memory": cluster_memory,
     }
 
 
@@ -183,9 +198,137 @@ def format_tall(result: dict) -> str:
             f"{r.get('cgroup_peak_mb', float('nan')):6.0f} {err:10.6g} {ratio:7.4f} "
             f"{r.get('orthonormality', float('nan')):8.1e} {r.get('u_chunks', '')}"
         )
+    if result.get("cluster"):
+        lines.append(
+            f"2-worker LocalCluster, memory_limit {result['cluster_memory']} per worker: "
+            f"{'call':15} {'status':>7} {'s':>6} {'passes':>6} {'worker peaks MB':>16} "
+            f"{'largest task input':>18} (task) vs m-row operand"
+        )
+        for r in result["cluster"]:
+            status = (
+                "done"
+                if r.get("rc") == 0 and not r.get("workers_removed")
+                else (f"rc {r.get('rc')}" if r.get("rc") else f"{r['workers_removed']} lost")
+            )
+            peaks = "/".join(f"{p:.0f}" for p in r.get("worker_peaks_mb", []))
+            lines.append(
+                f"  {r['call']:15} {status:>7} {r.get('seconds', float('nan')):6.1f} "
+                f"{r.get('passes', 0):6d} {peaks:>16} "
+                f"{r.get('largest_input_bytes', 0) / 2**20:15.2f} MB "
+                f"({r.get('largest_input_task', '?')}) vs "
+                f"{r.get('m_row_operand_bytes', 0) / 2**20:.0f} MB"
+            )
     for h in result["heights"]:
         lines.append(
             f"svd on {h['rows']} rows (uncapped): {h.get('seconds', float('nan')):.1f} s, "
             f"peak {h.get('peak_memory_mb', float('nan')):.0f} MB"
         )
     return "\n".join(lines)
+
+
+# --- on a 2-worker LocalCluster: the task inputs, from the scheduler -----------------------
+
+#: The library calls of the cluster rows (``abs``: on |A|).
+CLUSTER_CALLS = ("randomized_svd", "sketch_svd", "factorize", "nmf")
+
+
+def _task_inputs_plugin() -> Any:
+    """A scheduler plugin recording, for every task that starts, what it receives: its
+    dependencies' sizes (data sent to it) and its serialized spec (arguments embedded in
+    the graph). Made here so that ``distributed`` is imported only when used."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class TaskInputs(SchedulerPlugin):
+        name = "dlowrank-task-inputs"
+
+        def start(self, scheduler: Any) -> None:
+            self.scheduler = scheduler
+            self.tasks, self.largest, self.removed = 0, (0, "", 0, 0), 0
+
+        def transition(self, key: Any, start: str, finish: str, *args: Any, **kw: Any) -> None:
+            if finish != "processing":
+                return
+            ts = self.scheduler.tasks.get(key)
+            if ts is None:
+                return
+            deps = sum(max(d.nbytes, 0) for d in ts.dependencies)
+            try:
+                spec = len(pickle.dumps(ts.run_spec, protocol=5))
+            except Exception:  # noqa: BLE001 - an unpicklable spec: count it from cloudpickle
+                import cloudpickle
+
+                spec = len(cloudpickle.dumps(ts.run_spec))
+            self.tasks += 1
+            if deps + spec > self.largest[0]:
+                biggest = max(ts.dependencies, key=lambda d: d.nbytes, default=None)
+                what = f"{ts.prefix.name} <- {biggest.prefix.name}" if biggest else ts.prefix.name
+                self.largest = (deps + spec, what, deps, spec)
+
+        def remove_worker(self, scheduler: Any, worker: str, **kw: Any) -> None:
+            self.removed += 1
+
+        def report(self) -> dict:
+            total, prefix, deps, spec = self.largest
+            return {
+                "tasks": self.tasks,
+                "largest_input_bytes": total,
+                "largest_input_task": prefix,
+                "largest_input_deps_bytes": deps,
+                "largest_input_spec_bytes": spec,
+                "workers_removed": self.removed,
+            }
+
+    return TaskInputs()
+
+
+def _worker_peak() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+
+
+def cluster_call(path: str, call: str, rank: int, out: str, worker_memory: str) -> dict:
+    """One library call on a 2-worker LocalCluster (1 thread each, ``worker_memory``
+    each): seconds, passes, the workers' own peaks, and the largest task input."""
+    import dlowrank
+    from dlowrank.runtime.budget import PeakMemory
+    from dlowrank.runtime.client import local_cluster
+
+    kwargs = {"max_iter": 3} if call in ("factorize", "nmf") else {}
+    with local_cluster(2, 1, worker_memory) as client, PeakMemory(0.1) as tree:
+        plugin = _task_inputs_plugin()
+        client.register_plugin(plugin)
+        start = time.perf_counter()
+        r = getattr(dlowrank, call)(path, rank, client=client, out=out, **kwargs)
+        seconds = time.perf_counter() - start
+        seen = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.plugins[plugin.name].report()
+        )
+        peaks = client.run(_worker_peak)
+    m, n = r.u.shape[0], r.v.shape[0] if hasattr(r, "v") else r.vt.shape[1]
+    return {
+        "seconds": seconds,
+        "passes": r.passes,
+        "rel_error": r.rel_error,
+        "tree_peak_mb": tree.peak / 2**20,
+        "worker_peaks_mb": sorted(p / 2**20 for p in peaks.values()),
+        "m_row_operand_bytes": max(m, n) * r.rank * 8,  # the narrowest tall quantity
+        **seen,
+    }
+
+
+def _cluster_rows(path: str, positive: str, rank: int, memory: str, tmp: str) -> list[dict]:
+    """The cluster rows, each call in its own subprocess (cold start, own peaks)."""
+    rows = []
+    for call in CLUSTER_CALLS:
+        source = positive if call == "nmf" else path
+        out = os.path.join(tmp, f"c{uuid.uuid4().hex[:8]}.zarr")
+        args = [source, call, str(rank), out, memory]
+        command = [sys.executable, "-m", "dlowrank.app.bench_tall", *args]
+        rows.append({**_run([], None, command=command), "call": call})
+    return rows
+
+
+if __name__ == "__main__":  # one cluster row: python -m dlowrank.app.bench_tall PATH CALL ...
+    path, call, rank, out, memory = sys.argv[1:6]
+    print(json.dumps(cluster_call(path, call, int(rank), out, memory)))

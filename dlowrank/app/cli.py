@@ -418,6 +418,13 @@ def _show(result: dict, as_json: bool, fmt: Any) -> None:
     help="Tall suite: also run svd uncapped on the first N rows (repeatable): peak vs m.",
 )
 @click.option(
+    "--cluster-memory",
+    default=None,
+    metavar="SIZE",
+    help="Tall suite: also run the calls on a 2-worker LocalCluster with this memory_limit "
+    "per worker (e.g. 500MB), recording every task's inputs on the scheduler.",
+)
+@click.option(
     "--scale",
     type=float,
     default=1.0,
@@ -440,6 +447,7 @@ def bench(
     suite,
     cap,
     heights,
+    cluster_memory,
     scale,
     as_json,
 ) -> None:
@@ -492,6 +500,7 @@ def bench(
             rank=rank if given["rank"] else 10,
             cap_mb=cap,
             heights=tuple(heights),
+            cluster_memory=cluster_memory,
             workdir=workdir,
             say=say,
         )
