@@ -103,10 +103,17 @@ def test_throughput_of_one_pass_on_threads_and_a_worker(tmp_path):
 def test_memory_suite_runs_the_cli_free_and_capped(tmp_path):
     from dlowrank.app.bench_memory import can_cap, format_memory, run_memory_bench
 
+    some = ("svd --workers 0", "svd (cluster)", "nmf 3 it. |A| --workers 0")  # of 8
     result = run_memory_bench(
-        None, shape=(4000, 200), chunks=(1000, 200), cap_mb=300, workdir=str(tmp_path), say=print
+        None,
+        shape=(4000, 200),
+        chunks=(1000, 200),
+        cap_mb=300,
+        workdir=str(tmp_path),
+        say=print,
+        commands=some,
     )
-    assert [r["command"] for r in result["rows"]][0] == "svd --workers 0"
+    assert tuple(r["command"] for r in result["rows"]) == some
     for row in result["rows"]:
         assert row["free"]["rc"] == 0 and row["free"]["peak_memory_mb"] > 0
         if can_cap():  # under the cap: done, no OOM kill, the same error

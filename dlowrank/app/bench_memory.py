@@ -21,12 +21,17 @@ from collections.abc import Callable
 from typing import Any
 
 CGROUP = "/sys/fs/cgroup/memory"
-#: The commands of the table (as in issue "a memory budget that fits the machine").
-COMMANDS = (
-    ("svd --workers 0", ["svd", "--rank", "10", "--workers", "0"]),
-    ("svd (default cluster)", ["svd", "--rank", "10"]),
-    ("svd --passes 1", ["svd", "--rank", "10", "--passes", "1"]),
-    ("factorize 3 iterations", ["factorize", "--rank", "10", "--max-iter", "3"]),
+#: The commands of the table (as in issue "a memory budget that fits the machine"), each
+#: on dask's threads (``--workers 0``) and on the default LocalCluster; nmf runs on |A|.
+COMMANDS = tuple(
+    (f"{name}{label}", [*args, *extra])
+    for name, args in (
+        ("svd", ["svd", "--rank", "10"]),
+        ("svd --passes 1", ["svd", "--rank", "10", "--passes", "1"]),
+        ("factorize 3 it.", ["factorize", "--rank", "10", "--max-iter", "3"]),
+        ("nmf 3 it. |A|", ["nmf", "--rank", "10", "--max-iter", "3"]),
+    )
+    for label, extra in ((" --workers 0", ["--workers", "0"]), (" (cluster)", []))
 )
 
 
@@ -78,8 +83,10 @@ def run_memory_bench(
     cap_mb: int,
     workdir: str | None = None,
     say: Callable[[str], None] = print,
+    commands: tuple[str, ...] | None = None,
 ) -> dict:
-    """The rows of the memory table (see the module's docstring)."""
+    """The rows of the memory table (see the module's docstring); ``commands``: only
+    these names of :data:`COMMANDS`."""
     import dlowrank
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -88,15 +95,26 @@ def run_memory_bench(
             say(f"generating {shape[0]} x {shape[1]} float64 in {input}")
             dlowrank.generate(input, shape, 20, chunks=chunks, noise=0.01, seed=0)
         x = dlowrank.open_matrix(input)
+        positive = None
         rows = []
         for name, args in COMMANDS:
+            if commands is not None and name not in commands:
+                continue
+            source = input
+            if args[0] == "nmf":
+                if positive is None:
+                    import dask.array as da
+
+                    positive = os.path.join(tmp, "abs.zarr")
+                    abs(da.from_zarr(input)).to_zarr(positive)
+                source = positive
             row = {"command": name}
             for label, cap in (("free", None), ("capped", cap_mb if can_cap() else None)):
                 if label == "capped" and cap is None:
                     continue
                 say(f"{name}: {label}")
                 out = os.path.join(tmp, f"{uuid.uuid4().hex[:8]}.zarr")
-                row[label] = _run([args[0], input, "--out", out, *args[1:]], cap)
+                row[label] = _run([args[0], source, "--out", out, *args[1:]], cap)
             free, capped = row.get("free", {}), row.get("capped", {})
             if "rel_error" in free and "rel_error" in capped:
                 row["error_diff"] = abs(free["rel_error"] - capped["rel_error"])
@@ -117,14 +135,14 @@ def format_memory(result: dict) -> str:
         f"matrix {result['shape'][0]} x {result['shape'][1]}, chunks "
         f"{result['chunks'][0]} x {result['chunks'][1]}, {result['matrix_mb']:.0f} MiB; "
         + (f"cap {cap} MiB on the whole process tree" if cap else "no cgroup v1: uncapped only"),
-        f"{'command':24} {'free s':>7} {'free MB':>8} {'capped':>8} {'cap s':>7} "
+        f"{'command':28} {'free s':>7} {'free MB':>8} {'capped':>8} {'cap s':>7} "
         f"{'tree MB':>8} {'cg MB':>7} {'ooms':>5} {'x time':>7} {'d error':>8}",
     ]
     for r in result["rows"]:
         f, c = r.get("free", {}), r.get("capped", {})
         status = "-" if not c else ("done" if c.get("rc") == 0 else f"rc {c.get('rc')}")
         lines.append(
-            f"{r['command']:24} {f.get('seconds', float('nan')):7.1f} "
+            f"{r['command']:28} {f.get('seconds', float('nan')):7.1f} "
             f"{f.get('peak_memory_mb', float('nan')):8.0f} {status:>8} "
             f"{c.get('seconds', float('nan')):7.1f} {c.get('peak_memory_mb', float('nan')):8.0f} "
             f"{c.get('cgroup_peak_mb', float('nan')):7.0f} {str(c.get('oom_kills', '-')):>5} "
