@@ -268,7 +268,7 @@ def randomized_svd(
         (:mod:`dlowrank.runtime.budget`); the threads share it, as many running at once
         as can each hold a chunk (about 3x its float64 bytes). On a cluster it stands
         for each worker's memory limit (default: the workers' ``memory_limit``). Row
-        panels are grouped up to a sixth of a task's share (at most 256 MB); layout
+        panels are grouped up to a sixth of a task's share (at most 128 MB); layout
         "auto" reads chunk by chunk when a chunk row does not fit. A budget that cannot
         hold one chunk is refused before any pass, with a rechunk command.
     out : str or os.PathLike, optional

@@ -6,7 +6,10 @@ cgroup capped at ``cap_mb`` (the page cache dropped first where this process may
 process-tree peak (its JSON ``peak_memory_mb``), the cgroup's peak usage (page cache
 included) and OOM kills, and whether the capped result's error equals the uncapped
 one's. Without a writable cgroup v1 controller only the uncapped runs are made, and
-the table says so.
+the table says so. The first row is the floor: a bare read pass (dask's
+``from_zarr(...).sum()``), warm uncapped (as every pass after the first of an uncapped
+run reads A from the page cache) and cold capped (a cap below A's size keeps A out of
+the page cache, so every capped pass reads it from disk).
 """
 
 from __future__ import annotations
@@ -75,6 +78,19 @@ def _run(args: list[str], cap_mb: int | None, command: list[str] | None = None) 
             os.rmdir(group)
 
 
+_READ = (
+    "import sys, time, dask, dask.array as da\n"
+    "t = time.perf_counter()\n"
+    "da.from_zarr(sys.argv[1]).sum().compute(scheduler='threads')\n"
+    "print('{\"seconds\": %.4f}' % (time.perf_counter() - t))\n"
+)
+
+
+def _read_pass(path: str, cap_mb: int | None) -> dict:
+    """A bare read pass as its own (capped, cold) subprocess: the floor a pass cannot beat."""
+    return _run([], cap_mb, command=[sys.executable, "-c", _READ, path])
+
+
 def run_memory_bench(
     input: str | None,
     *,
@@ -97,6 +113,14 @@ def run_memory_bench(
         x = dlowrank.open_matrix(input)
         positive = None
         rows = []
+        if commands is None:  # the floor: warm uncapped (as the free runs read), cold capped
+            say("bare read pass: free (warm: read twice), capped (cold)")
+            _read_pass(input, None)
+            read = {"command": "bare read pass (floor)", "free": _read_pass(input, None)}
+            if can_cap():
+                read["capped"] = _read_pass(input, cap_mb)
+                read["time_ratio"] = read["capped"]["seconds"] / read["free"]["seconds"]
+            rows.append(read)
         for name, args in COMMANDS:
             if commands is not None and name not in commands:
                 continue

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from dlowrank.app.bench_memory import _run, can_cap
+from dlowrank.app.bench_memory import _read_pass, _run, can_cap
 
 #: The runs of the table: (name, CLI arguments after INPUT --out OUT); "{abs}" runs on |A|.
 COMMANDS = (
@@ -39,18 +39,6 @@ COMMANDS = (
     ("factorize 3 iterations", ["factorize", "--rank", "{rank}", "--max-iter", "3"]),
     ("nmf 3 iterations (on |A|)", ["nmf", "--rank", "{rank}", "--max-iter", "3"]),
 )
-
-_READ = (
-    "import sys, time, dask, dask.array as da\n"
-    "t = time.perf_counter()\n"
-    "da.from_zarr(sys.argv[1]).sum().compute(scheduler='threads')\n"
-    "print('{\"seconds\": %.4f}' % (time.perf_counter() - t))\n"
-)
-
-
-def _read_pass(path: str, cap_mb: int | None) -> dict:
-    """A bare read pass as its own (capped, cold) subprocess: the floor a pass cannot beat."""
-    return _run([], cap_mb, command=[sys.executable, "-c", _READ, path])
 
 
 def _abs_copy(path: str, out: str) -> None:
