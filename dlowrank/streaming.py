@@ -401,7 +401,12 @@ def sketch_svd(
     SVDResult
         ``passes`` = 1; ``rel_error`` is the unbiased estimate from the error
         sketch (``error_kind`` "estimated"); ``params["rel_error_interval"]`` is
-        a 90 % confidence interval for the true relative error.
+        a 90 % confidence interval for the true relative error. Never worse than the
+        zero matrix: when the estimate is >= 1, ``s`` is scaled by the best factor c
+        in [0, 1] (estimated from the error sketch; ``params["shrink"]``, else 1).
+        A DlowrankWarning says when the estimated error is far above what the
+        sketch's own singular values say a rank-``rank`` truncation reaches (a slowly
+        decaying spectrum: use two passes).
 
     Notes
     -----
@@ -424,6 +429,7 @@ def sketch_svd(
     interval = {
         "rel_error_interval": [float(x) for x in f.rel_error_interval],
         "confidence": _sketch.CONFIDENCE,
+        "shrink": f.shrink,
     }
     return run.svd(f.u, f.s, f.vt, f.rel_error, error_kind="estimated", params=interval)
 
@@ -491,6 +497,7 @@ def nystrom(
     interval = {
         "rel_error_interval": [float(x) for x in f.rel_error_interval],
         "confidence": _sketch.CONFIDENCE,
+        "shrink": f.shrink,
     }
     return run.eigh(f.w, f.v, f.rel_error, error_kind="estimated", params=interval)
 

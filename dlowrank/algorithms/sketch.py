@@ -14,6 +14,7 @@ from the SVD of C. The error sketch E gives an unbiased estimate of
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ import scipy.stats
 from dlowrank.algorithms.common import orthonormalize
 from dlowrank.engine.passes import PassEngine
 from dlowrank.engine.tall import Tall
+from dlowrank.errors import DlowrankWarning
 from dlowrank.kernels import exact, passkernels, qr, random
 
 #: Two-sided confidence of the stated error interval.
@@ -36,6 +38,7 @@ class SketchFactors:
     rel_error: float
     rel_error_interval: tuple[float, float]
     fro2: float
+    shrink: float = 1.0  # the scaling of s that kept the result no worse than zero
 
 
 def _test_panel(i: int, span: tuple[int, int], p: np.ndarray, seed, n_rows, tests):
@@ -99,6 +102,73 @@ def sketch(
     uc, sc, vct = exact.svd(core)
     u, sv, vt = q.times(uc[:, :rank]), sc[:rank], (p @ vct[:rank].T).T  # u pending
     e = np.concatenate(out.cols["e"], axis=1)
-    resid = e - theta_q @ (uc[:, :rank] * sv) @ vt
-    est = float(np.sqrt(np.sum(resid**2) / d / fro2)) if fro2 > 0 else 0.0
-    return SketchFactors(u, sv, vt, est, error_interval(est, d), fro2)
+    theta_hat = theta_q @ (uc[:, :rank] * sv) @ vt  # Theta A_hat (d, n)
+    est = _estimate(e - theta_hat, d, fro2)
+    sv, est, shrink = _no_worse_than_zero(e, theta_hat, sv, est, d, fro2)
+    reach = reachable(sc, rank, fro2)
+    if shrink < 1 or est > slow_factor(d) * reach + SLOW_MARGIN:
+        warnings.warn(_slow_message(est, reach, shrink, rank), DlowrankWarning, stacklevel=3)
+    return SketchFactors(u, sv, vt, est, error_interval(est, d), fro2, shrink)
+
+
+def _estimate(resid: np.ndarray, d: int, fro2: float) -> float:
+    """The unbiased relative error estimate from the error sketch's residual."""
+    return float(np.sqrt(np.sum(resid**2) / d / fro2)) if fro2 > 0 else 0.0
+
+
+#: The single pass may be this much above the optimum before it counts as far from it
+#: (measured 1.00-1.15x on the test spectra that suit one pass).
+SLOW_EXCESS = 1.25
+#: ... plus this much, in relative error units (near-exact results are never flagged).
+SLOW_MARGIN = 0.02
+
+
+def slow_factor(d: int) -> float:
+    """How far above the reachable error the estimate must be to warn: SLOW_EXCESS times
+    the estimate's 99.9 % upper quantile over the truth (chi^2_d / d, see
+    :func:`error_interval`): 1.88 at d = 20, so a good sketch is flagged by chance less
+    than once in a thousand runs."""
+    return SLOW_EXCESS * float(np.sqrt(scipy.stats.chi2.ppf(0.999, d) / d))
+
+
+def reachable(core_s: np.ndarray, rank: int, fro2: float) -> float:
+    """The relative error a rank-``rank`` truncation would reach if the top singular
+    values of A were the core's (sqrt(||A||^2 - sum of the first squared) / ||A||).
+    On a slowly decaying spectrum the single pass overestimates them, and this falls
+    far below its estimated error: the sign that more passes are needed."""
+    if fro2 <= 0:
+        return 0.0
+    return float(np.sqrt(max(fro2 - np.sum(core_s[:rank] ** 2), 0.0) / fro2))
+
+
+def _no_worse_than_zero(
+    e: np.ndarray, theta_hat: np.ndarray, sv: np.ndarray, est: float, d: int, fro2: float
+) -> tuple[np.ndarray, float, float]:
+    """Singular values scaled by c in [0, 1] when the estimate says A_hat is worse than
+    the zero matrix (est >= 1): c = <A, A_hat> / ||A_hat||^2 is the best multiple of
+    A_hat, ||A - c A_hat||^2 = ||A||^2 - <A, A_hat>^2 / ||A_hat||^2 <= ||A||^2, with
+    <A, A_hat> estimated without bias from the independent error sketch:
+    <Theta A, Theta A_hat> / d. Returns (s, estimate, c); c = 1 when nothing changed (a
+    good sketch keeps its singular values: the estimate of c is noisy, by about
+    ||A - A_hat|| / (||A_hat|| sqrt(d)), so it is used only where it can only help)."""
+    norm2 = float(np.sum(sv**2))
+    if est < 1.0 or norm2 == 0.0:
+        return sv, est, 1.0
+    c = float(np.clip(np.sum(e * theta_hat) / d / norm2, 0.0, 1.0))
+    return sv * c, _estimate(e - c * theta_hat, d, fro2), c
+
+
+def _slow_message(est: float, reach: float, shrink: float, rank: int) -> str:
+    scaled = (
+        f"; its singular values were scaled by {shrink:.3g} so that it is no worse than "
+        "the zero matrix"
+        if shrink < 1
+        else ""
+    )
+    return (
+        f"the single pass reached an estimated relative error of {est:.4g}, where its "
+        f"own sketch says a rank-{rank} truncation reaches about {reach:.4g}: the "
+        f"spectrum decays too slowly for one pass{scaled}. Use two passes instead: "
+        "randomized_svd(a, rank, n_power_iter=1), or on the command line "
+        "svd --passes 2"
+    )
