@@ -497,7 +497,6 @@ def nystrom(
     interval = {
         "rel_error_interval": [float(x) for x in f.rel_error_interval],
         "confidence": _sketch.CONFIDENCE,
-        "shrink": f.shrink,
     }
     return run.eigh(f.w, f.v, f.rel_error, error_kind="estimated", params=interval)
 
