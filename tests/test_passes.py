@@ -73,6 +73,17 @@ def test_open_matrix_arrays_are_read_by_the_tasks_themselves(stored):
 
     assert isinstance(open_source(dlowrank.open_matrix(stored)), ZarrSource)
     assert not isinstance(open_source(dlowrank.open_matrix(stored) * 2), ZarrSource)
+    # a bare da.from_zarr, as it came, is read by the tasks too (issue "at the read
+    # floor"); anything computed on it, a slice or another chunking goes through dask
+    import dask.array as da
+
+    bare = da.from_zarr(stored)
+    assert isinstance(open_source(bare), ZarrSource)
+    for other in (bare[:300], bare + 0, bare.rechunk((200, 50)), bare.astype("float32")):
+        assert not isinstance(open_source(other), ZarrSource)
+    r = dlowrank.randomized_svd(bare, 5, seed=1)
+    ref = dlowrank.randomized_svd(bare + 0, 5, seed=1)
+    np.testing.assert_allclose(r.s, ref.s, rtol=1e-12)
 
 
 def test_engine_works_chunk_by_chunk_with_a_warning_when_a_panel_exceeds_the_budget(stored):

@@ -171,6 +171,7 @@ def open_source(a: Any, *, name: str = "a", storage_options: dict | None = None)
         ratings = open_ratings(a, storage_options=storage_options)
         if ratings is not None:
             return ratings
+    a = bare_zarr(a) or a  # da.from_zarr(...) as it came: read the store directly
     if isinstance(a, zarr.Array):
         x = as_dask_matrix(a, name=name)
         return ZarrSource(x.shape, x.dtype, x.chunks, array=a)
@@ -180,6 +181,27 @@ def open_source(a: Any, *, name: str = "a", storage_options: dict | None = None)
         url, options = origin
         return ZarrSource(x.shape, x.dtype, x.chunks, url=url, storage_options=options)
     return DaskSource(x)
+
+
+def bare_zarr(a: Any) -> zarr.Array | None:
+    """The Zarr array behind ``a`` when ``a`` is exactly ``da.from_zarr(z)`` (the whole
+    array, in its own chunks, nothing computed on it): passes then read the store
+    themselves, as for a path, instead of dask reading chunks and moving them."""
+    if not isinstance(a, da.Array) or len(a.dask.layers) != 2 or a.ndim != 2:
+        return None
+    graph = dict(a.dask)
+    if len(graph) != int(np.prod(a.numblocks)) + 1:
+        return None
+    found = [
+        v for v in (getattr(v, "value", v) for v in graph.values()) if isinstance(v, zarr.Array)
+    ]
+    if len(found) != 1:
+        return None
+    z = found[0]
+    own = da.core.normalize_chunks(z.chunks, z.shape)
+    if z.shape != a.shape or z.dtype != a.dtype or a.chunks != own:
+        return None
+    return z
 
 
 def dense(source: Any, what: str, name: str = "a") -> da.Array:
