@@ -210,32 +210,23 @@ def _checksum(a: Any) -> str:
     return h.hexdigest()
 
 
-def _block_grid(a: Any, block: tuple[int, ...]) -> list[tuple[slice, ...]]:
-    """The index tuples of ``a``'s blocks of shape ``block``, in C order."""
-    import itertools
+def _block_grid(shape: tuple[int, ...], block: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """The index tuples of the blocks of shape ``block`` of an array, in C order."""
+    from dask.array.core import normalize_chunks, slices_from_chunks
 
-    axes = [range(0, n, b) for n, b in zip(a.shape, block, strict=True)]
-    return [
-        tuple(slice(o, min(o + b, n)) for o, b, n in zip(start, block, a.shape, strict=True))
-        for start in itertools.product(*axes)
-    ]
+    return slices_from_chunks(normalize_chunks(block, shape))
 
 
 def _block_checksum(a: Any, block: tuple[int, ...]) -> str:
     """The ``blocks:`` checksum of ``a``: for a dask array, one task per block (only the
     digests come back), else block by block here."""
-    grid = _block_grid(a, block)
-    if not _is_dask(a):
-        return _combine(block, [_digest(np.asarray(a[index])) for index in grid])
     import dask
 
+    if not dask.is_dask_collection(a):
+        return _combine(block, [_digest(np.asarray(a[i])) for i in _block_grid(a.shape, block)])
     x = a.rechunk(block)
     tasks = [dask.delayed(_digest)(x.blocks[i]) for i in np.ndindex(*x.numblocks)]
     return _combine(block, list(dask.compute(*tasks)))
-
-
-def _is_dask(a: Any) -> bool:
-    return hasattr(a, "dask") and hasattr(a, "chunks")
 
 
 def verify(a: Any, recorded: str) -> bool:
@@ -264,10 +255,9 @@ def _store_lazy(group: Any, name: str, data: Any) -> str:
     block = tuple(c[0] for c in data.chunks)
     target = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=block)
     x = data.rechunk(block)
-    grid = _block_grid(x, block)
     tasks = [
         dask.delayed(_copy_block)(x.blocks[i], target, index)
-        for i, index in zip(np.ndindex(*x.numblocks), grid, strict=True)
+        for i, index in zip(np.ndindex(*x.numblocks), _block_grid(x.shape, block), strict=True)
     ]
     return _combine(block, list(dask.compute(*tasks)))
 
