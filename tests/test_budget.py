@@ -113,6 +113,58 @@ def test_a_matrix_three_times_a_cgroup_cap_runs_under_it(tmp_path):
     np.testing.assert_allclose(capped.s, free.s, rtol=1e-10)
 
 
+def test_a_matrix_over_three_times_an_rlimit_as_budget_runs_under_it(tmp_path):
+    """Where no cgroup can be made, RLIMIT_AS caps a process. The limit is set above the
+    command line's own address space after its imports (probed in a child), since that
+    differs between machines. The command starts itself again with MALLOC_ARENA_MAX (no
+    hint about it in the budget line), keeps room for its threads' stacks, arenas and
+    BLAS buffers, runs within what is left (under 1/3 of the matrix) and returns the
+    uncapped result. Without the room for threads the same run failed to allocate a
+    19 MiB chunk; without MALLOC_ARENA_MAX, its threads' arenas took 506 MiB more."""
+    import resource
+
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (100_000, 400), 10, chunks=(2500, 400), noise=0.01, seed=0)
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    probe = "import dlowrank.app.cli, psutil; print(psutil.Process().memory_info().vms)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**env, "MALLOC_ARENA_MAX": "2"},
+    )
+    limit = int(done.stdout) + (355 << 20)
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    out = str(tmp_path / "r.zarr")
+    cmd = [sys.executable, "-m", "dlowrank", "-v", "svd", path, "--out", out, "--rank", "5"]
+    cmd += ["--workers", "0", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=cap, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    budget = next(ln for ln in proc.stderr.splitlines() if "memory budget" in ln)
+    assert f"(RLIMIT_AS {limit / 2**20:.0f} MiB" in budget and "kept for threads" in budget
+    assert "MALLOC_ARENA_MAX" not in budget, budget  # it started again with it set
+    mib = float(budget.split("memory budget ")[1].split(" MiB")[0])
+    assert 100_000 * 400 * 8 / 2**20 >= 3 * mib, budget
+    free = dlowrank.randomized_svd(path, 5, seed=0)  # uncapped, in this process
+    capped = dlowrank.load(out)
+    np.testing.assert_allclose(capped.s, free.s, rtol=1e-10)
+    np.testing.assert_allclose(capped.rel_error, free.rel_error, rtol=1e-10)
+
+
+def test_threads_keep_less_of_an_rlimit_as_with_few_malloc_arenas(monkeypatch):
+    from dlowrank.runtime.budget import ARENA_BYTES, arena_max, thread_reserve
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert arena_max() == 2
+    few = thread_reserve()
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert arena_max() >= 8
+    assert thread_reserve() - few >= 3 * ARENA_BYTES  # one arena a thread, at least 4 threads
+
+
 def test_peak_memory_counts_the_whole_process_tree():
     from dlowrank.runtime.budget import PeakMemory
 

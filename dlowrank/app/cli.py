@@ -107,13 +107,14 @@ def _quiet_broken_pipe() -> None:
 )
 def main(verbose: int, log_level: str | None) -> None:
     """Low-rank approximation of matrices larger than memory (Zarr + Dask)."""
+    from dlowrank.runtime.budget import few_arenas, return_freed_memory
+
+    few_arenas()  # under RLIMIT_AS: start again with few malloc arenas
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     if log_level:
         level = getattr(logging, log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _quiet_dask(level)
-    from dlowrank.runtime.budget import return_freed_memory
-
     return_freed_memory()  # freed chunks go back to the system: a run stays in its budget
     warnings.showwarning = _show_warning
 

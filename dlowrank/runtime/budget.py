@@ -6,7 +6,8 @@ The budget of a run on dask's threads is the smallest of:
   ``memory.limit_in_bytes``; the cgroup's own and its ancestors'), read through
   ``/proc/self/cgroup``, so a job under a container, a SLURM allocation or a
   ``capped.sh`` cgroup sees its own limit, not the machine's;
-- ``RLIMIT_AS`` (address space), minus what this process has mapped;
+- ``RLIMIT_AS`` (address space), minus what this process has mapped and what the
+  threads still to start will reserve (see :func:`thread_reserve`);
 - the memory available on the machine now;
 
 minus what the process already holds (its resident set), since that is not free for
@@ -127,6 +128,73 @@ def return_freed_memory() -> bool:
         return False
 
 
+#: Address space glibc reserves for one thread's malloc arena on 64-bit (HEAP_MAX_SIZE).
+ARENA_BYTES = 64 << 20
+#: Address space OpenBLAS maps for the work buffers of one calling thread (numpy's and
+#: scipy's libraries each map their own on first use).
+BLAS_BUFFER_BYTES = 32 << 20
+
+
+#: MALLOC_ARENA_MAX the command line runs with under RLIMIT_AS (see :func:`few_arenas`).
+ARENA_MAX = 2
+
+
+def few_arenas() -> None:
+    """Under RLIMIT_AS, run this command again with ``MALLOC_ARENA_MAX=ARENA_MAX`` unless
+    it is set: glibc reads it only at start-up (``mallopt`` later does not lower the
+    limit once threads have arenas), and without it each thread may reserve a 64 MiB
+    arena of the capped address space (see :func:`thread_reserve`). With allocations of a
+    MiB and more mapped on their own (:func:`return_freed_memory`), arenas hold only small
+    objects, so two cost little. For the command line only: it replaces the process."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft in (resource.RLIM_INFINITY, -1) or not sys.platform.startswith("linux"):
+        return
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    env = dict(os.environ, MALLOC_ARENA_MAX=str(ARENA_MAX))
+    os.execve(sys.executable, sys.orig_argv, env)
+
+
+def arena_max() -> int:
+    """The most malloc arenas glibc gives this process: ``MALLOC_ARENA_MAX`` when set at
+    start-up, else 8 per core (glibc's default on 64-bit)."""
+    from dask.system import CPU_COUNT
+
+    with contextlib.suppress(ValueError):
+        value = int(os.environ.get("MALLOC_ARENA_MAX", ""))
+        if value > 0:
+            return value
+    return 8 * CPU_COUNT
+
+
+def thread_reserve() -> int:
+    """Address space the threads a run starts after measuring may still reserve: dask's
+    pool (``num_workers``, default one per core), each a stack (RLIMIT_STACK, 8 MiB if
+    unlimited) and BLAS work buffers; two more threads without BLAS (the peak-memory
+    sampler, a progress or connection thread); and a malloc arena for each thread alive
+    then, up to :func:`arena_max`.
+
+    Counted only against RLIMIT_AS, which caps reserved address space rather than
+    memory. glibc gives threads new arenas, each reserving 64 MiB it never returns:
+    measured on this machine, a 56 MB-budget svd reserved eight more arenas (506 MiB)
+    after its budget was measured; with ``MALLOC_ARENA_MAX=2`` in its environment it
+    reserved one (60 MiB) and its address space grew by 97 MiB in all. A run whose budget
+    left these out failed to allocate a 19 MiB chunk, and one whose BLAS buffer could not
+    be mapped spun forever inside OpenBLAS (it retries the mmap), both with resident
+    memory to spare.
+    """
+    import dask
+    from dask.system import CPU_COUNT
+
+    stack, _ = resource.getrlimit(resource.RLIMIT_STACK)
+    if stack in (resource.RLIM_INFINITY, -1) or stack <= 0:
+        stack = 8 << 20
+    pool = int(dask.config.get("num_workers", None) or CPU_COUNT)
+    threads = threading.active_count() + pool + 2
+    arenas = min(arena_max() - 1, threads)
+    return pool * (stack + BLAS_BUFFER_BYTES) + 2 * stack + arenas * ARENA_BYTES
+
+
 def measure(memory: int | None = None) -> Budget:
     """The run's memory budget (see the module's docstring); ``memory`` overrides it."""
     if memory is not None:
@@ -139,8 +207,11 @@ def measure(memory: int | None = None) -> Budget:
         bounds.append((cg[0], f"cgroup limit {cg[0] / 2**20:.0f} MiB in {cg[1]}"))
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft not in (resource.RLIM_INFINITY, -1) and soft > 0:
-        mapped = me.memory_info().vms
-        bounds.append((soft - mapped + rss, f"RLIMIT_AS {soft / 2**20:.0f} MiB"))
+        reserve = thread_reserve()
+        note = f"RLIMIT_AS {soft / 2**20:.0f} MiB, {reserve / 2**20:.0f} MiB kept for threads"
+        if "MALLOC_ARENA_MAX" not in os.environ:
+            note += f" (MALLOC_ARENA_MAX={ARENA_MAX} keeps less)"
+        bounds.append((soft - me.memory_info().vms - reserve + rss, note))
     limit, source = min(bounds)
     return Budget(max(limit - rss, 0), f"{source}, minus {rss / 2**20:.0f} MiB held")
 
