@@ -46,11 +46,23 @@ RANK = Param(
     "Number of singular triplets, in [1, min(m, n)] (or give max_error).",
     hint=" in [1, min(a.shape)]",
 )
+#: Reads of A a randomized SVD makes when neither ``passes`` nor ``n_power_iter`` is given.
+DEFAULT_PASSES = 2
+PASSES = Param(
+    "passes",
+    int,
+    None,
+    "Reads of A: 2 (default) power-iterates once with a sketch twice as wide as "
+    "rank + n_oversamples, as accurate as 3 passes at rank + n_oversamples (measured: "
+    "README, choosing passes); k >= 3: k - 1 power iterations at rank + n_oversamples.",
+    low=1,
+    high=MAX_POWER_ITER + 1,
+)
 N_POWER_ITER = Param(
     "n_power_iter",
     int,
-    2,
-    "Power iterations q (q + 1 passes).",
+    None,
+    "Power iterations q (q + 1 passes) at width rank + n_oversamples; instead of passes.",
     low=0,
     high=MAX_POWER_ITER,
     hint=" (each one is another read of A; past a few, widen the sketch with n_oversamples)",
@@ -113,14 +125,40 @@ def _check_rsvd(v: dict, source: Any) -> dict:
         )
     if v["symmetric"] and shape[0] != shape[1]:
         raise InputError(f"`symmetric=True` needs a square matrix; got shape {tuple(shape)}")
+    q, widen = _power_and_width(v["passes"], v["n_power_iter"])
     return {
         "rank": rank,
-        "n_power_iter": v["n_power_iter"],
+        "n_power_iter": q,
         "n_oversamples": v["n_oversamples"],
+        "widen": widen,
         "max_error": max_error,
         "max_rank": max_rank,
         "symmetric": v["symmetric"],
     }
+
+
+def _power_and_width(passes: int | None, n_power_iter: int | None) -> tuple[int, int]:
+    """(power iterations, width factor) from ``passes`` or ``n_power_iter``.
+
+    Two passes get a sketch twice as wide: a pass costs a read of A, while widening it
+    costs GEMM time that hides behind the read. Measured (``dlowrank bench --suite
+    passes``, README "choosing passes"): q = 1 at 2 (k + p) matches or beats q = 2 at
+    k + p on real images, eigenfaces and slow spectra, with one read less.
+    """
+    if passes == 1:
+        raise ParameterError(
+            "`passes` = 1 is the single-pass sketch: call dlowrank.sketch_svd(a, rank) "
+            "(CLI: svd --passes 1), or give passes >= 2"
+        )
+    if passes is not None and n_power_iter is not None and n_power_iter != passes - 1:
+        raise ParameterError(
+            f"`passes` = {passes} and `n_power_iter` = {n_power_iter} disagree (passes is "
+            "n_power_iter + 1); give one of them"
+        )
+    if n_power_iter is not None:
+        return n_power_iter, 1
+    q = (passes or DEFAULT_PASSES) - 1
+    return q, 2 if q == 1 else 1
 
 
 def _check_sketch(v: dict, source: Any) -> dict:
@@ -157,6 +195,7 @@ RANDOMIZED_SVD = Spec(
     "randomized_svd",
     (
         RANK,
+        PASSES,
         N_POWER_ITER,
         N_OVERSAMPLES,
         SEED,
@@ -198,7 +237,8 @@ def randomized_svd(
     a: Any,
     rank: int | None = None,
     *,
-    n_power_iter: int = 2,
+    passes: int | None = None,
+    n_power_iter: int | None = None,
     n_oversamples: int = 10,
     seed: Any = 0,
     max_error: float | None = None,
@@ -215,7 +255,7 @@ def randomized_svd(
     overwrite: bool = False,
     tol: float | None = None,
 ) -> SVDResult | EighResult:
-    """Randomized SVD with power iterations, in q + 1 passes over ``a``.
+    """Randomized SVD with power iterations, in q + 1 passes over ``a`` (default 2).
 
     Parameters
     ----------
@@ -225,10 +265,18 @@ def randomized_svd(
         zeros).
     rank : int, optional
         Number of singular triplets, in [1, min(m, n)]. Give ``rank`` or ``max_error``.
-    n_power_iter : int, default 2
-        q >= 0 power iterations; each is one pass (A^T A applied per row panel).
+    passes : int, optional
+        Reads of ``a``, >= 2 (default 2; one read is :func:`sketch_svd`). Two passes
+        power-iterate once with a sketch twice as wide, min(2 (rank + p), min(m, n)):
+        a pass costs a read of A, a wider sketch only GEMM time. Measured on real
+        images, eigenfaces and slow spectra at rank 20, this is as accurate as
+        3 passes at rank + p (README, "choosing passes"). k >= 3 passes make k - 1
+        power iterations at width rank + p.
+    n_power_iter : int, optional
+        q >= 0 power iterations (q + 1 passes, A^T A applied per row panel) at width
+        min(rank + p, min(m, n)), the classic HMT sketch; instead of ``passes``.
     n_oversamples : int, default 10
-        Extra sketch columns p >= 0; the sketch width is min(rank + p, min(m, n)).
+        Extra sketch columns p >= 0 (see ``passes`` for the width).
     seed : int, SeedSequence or None, default 0
         The random test matrix depends on the seed and the global column index
         only: the same seed gives the same result for any chunking or scheduler.
@@ -307,16 +355,19 @@ def randomized_svd(
     >>> t = dlowrank.make_matrix((2000, 300), 20, seed=0, chunks=(500, 300))
     >>> r = dlowrank.randomized_svd(t.array, 5, seed=1)
     >>> r.passes, bool(np.allclose(r.s, t.singular_values[:5]))
-    (3, True)
+    (2, True)
     """
     run = Run(RANDOMIZED_SVD, **locals())
     p, engine = run.params, run.engine
-    q, over = p["n_power_iter"], p["n_oversamples"]
+    q, over, widen = p["n_power_iter"], p["n_oversamples"], p["widen"]
     if p["max_error"] is None:
         rank = p["rank"]
-        factors = _rsvd.range_sketch(engine, min(rank + over, min(engine.tall_shape)), q, run.seed)
+        width = min(widen * (rank + over), min(engine.tall_shape))
+        factors = _rsvd.range_sketch(engine, width, q, run.seed, need=rank)
     else:
-        factors, rank = _fixed_precision(engine, p["max_error"], p["max_rank"], q, over, run.seed)
+        factors, rank = _fixed_precision(
+            engine, p["max_error"], p["max_rank"], q, over, widen, run.seed
+        )
     if p["symmetric"]:
         w, v = _rayleigh_ritz(factors, rank, run.dtype)
         rel = relative_error(factors.fro2, w)
@@ -325,10 +376,11 @@ def randomized_svd(
     return run.svd(u, s, vt, rel, params={"rank": rank})
 
 
-def _fixed_precision(engine, max_error, max_rank, q, p, seq):
+def _fixed_precision(engine, max_error, max_rank, q, p, widen, seq):
     width = min(max_rank, 64)
     while True:
-        factors = _rsvd.range_sketch(engine, min(width + p, min(engine.tall_shape)), q, seq)
+        sketch = min(widen * (width + p), min(engine.tall_shape))
+        factors = _rsvd.range_sketch(engine, sketch, q, seq)
         rank = _rsvd.rank_for_tol(factors, max_error)
         if rank is not None and rank <= max_rank:
             return factors, rank

@@ -3,7 +3,7 @@
 A grayscale image is a matrix; its best rank-k approximation (Eckart-Young) keeps
 the k largest singular triplets. This example compresses scikit-image's bundled
 "camera" and "astronaut" (in gray) at ranks 5, 20 and 50, with the exact SVD and
-with dlowrank's streaming randomized SVD (q = 2, 3 passes), and prints both
+with dlowrank's streaming randomized SVD (its default: 2 passes), and prints both
 errors next to the Eckart-Young optimum: the streaming error matches it.
 
     python examples/image_compression.py [--out figures]

@@ -2,7 +2,7 @@
 
 A matrix is generated blockwise into Zarr (never whole in memory), then a
 LocalCluster whose workers may each use a quarter of the matrix's bytes runs the
-streaming randomized SVD (q = 2: 3 passes) and the single-pass sketch. Each task
+streaming randomized SVD (its default: 2 passes) and the single-pass sketch. Each task
 reads its own row panel from the store and sends back only sketches. The example
 prints passes, time, errors and the workers' peak memory, and checks that no
 worker was restarted.
@@ -45,7 +45,7 @@ def main() -> None:
         with local_cluster(2, threads_per_worker=1, memory_limit=limit) as client:
             ids = [w["id"] for w in client.scheduler_info()["workers"].values()]
             for name, call in (
-                ("randomized_svd q=2", dlowrank.randomized_svd),
+                ("randomized_svd", dlowrank.randomized_svd),
                 ("sketch_svd", dlowrank.sketch_svd),
             ):
                 start = time.perf_counter()

@@ -56,16 +56,25 @@ def test_wide_matrix_is_read_q_plus_one_times_by_column_panels(tmp_path):
     assert _reads_per_chunk(store) == {3}
 
 
-def test_exactly_low_rank_input_takes_one_extra_projection_pass(tmp_path):
-    # rank 5 < sketch width 15: R of the range sketch is singular, so Q^T A is read
-    # explicitly rather than recovered from A^T Y (see algorithms/rsvd.py).
+def test_exactly_low_rank_input_keeps_its_resolved_directions_or_takes_one_more_pass(tmp_path):
+    # rank 5 < sketch width 15: R of the range sketch is singular. Q^T A is recovered
+    # from A^T Y on the directions R resolves (at least the rank asked); asked for more
+    # than A's rank, it is read explicitly in one more pass (see algorithms/rsvd.py).
     path = str(tmp_path / "lr.zarr")
     dlowrank.generate(path, (300, 100), 5, chunks=(100, 100), seed=0)
     arr, store = counted_array(path)
     r = dlowrank.randomized_svd(arr, 5, n_power_iter=1, seed=1)
-    assert r.passes == 3 and set(store.reads.values()) == {3}
+    assert r.passes == 2 and set(store.reads.values()) == {2}
     np.testing.assert_allclose(r.s, 0.9 ** np.arange(5), rtol=1e-12)
     assert r.rel_error < 1e-7
+    np.testing.assert_allclose(r.u.T @ r.u, np.eye(5), atol=1e-12)
+    a = np.asarray(dlowrank.open_matrix(path))
+    np.testing.assert_allclose(r.to_dense(), a, atol=1e-12)
+    arr, store = counted_array(path)
+    r = dlowrank.randomized_svd(arr, 8, n_power_iter=1, seed=1)  # more than A's rank
+    assert r.passes == 3 and set(store.reads.values()) == {3}
+    np.testing.assert_allclose(r.s[:5], 0.9 ** np.arange(5), rtol=1e-12)
+    assert np.all(r.s[5:] < 1e-12) and r.rel_error < 1e-7
 
 
 def test_open_matrix_arrays_are_read_by_the_tasks_themselves(stored):

@@ -13,8 +13,12 @@ Tall orientation (the engine transposes a wide A). With l = rank + n_oversamples
 4. Y = Q R (CholeskyQR2 from the panels' Gram matrices, shifted when Y is
    ill-conditioned: no QR of an m-row array). Then B = Q^T A = R^{-T} Y^T A = R^{-T} W^T needs no
    further pass. Its rounding error is about eps * cond(R) * ||A||, so this is
-   used only when cond(R) <= eps^{-1/2}; otherwise (a rank-deficient or very
-   fast-decaying sketch) one more pass computes B = Q^T A directly, and the
+   used only when cond(R) <= eps^{-1/2}. Otherwise (a sketch wider than A's
+   numerical rank, or a very fast-decaying one), with R = U_R S_R V_R^T, the
+   directions Q U_R whose singular values in S_R are within eps^{-1/2} of the
+   largest give (Q U_R)^T A = S_R^{-1} V_R^T W^T at the same accuracy; the others
+   carry less than sqrt(eps) of Y and are dropped. Only when fewer directions than
+   the rank asked remain does one more pass compute B = Q^T A directly, and the
    result reports q + 2 passes.
 5. B = U_B S V^T, U = Q U_B; the error is exact:
    ||A - U_k S_k V_k^T||_F^2 = ||A||_F^2 - sum_{i<k} s_i^2, since Q has
@@ -62,35 +66,47 @@ def _power_iterations(engine: PassEngine, x: np.ndarray, n_power_iter: int) -> n
     return x
 
 
-def _final_panel(engine: PassEngine, x: np.ndarray) -> tuple[Tall, np.ndarray]:
+def _final_panel(engine: PassEngine, x: np.ndarray, need: int) -> tuple[Tall, np.ndarray]:
     out = engine.run(passkernels.range_and_adjoint, x)
     q, r = qr.cholesky_qr(out.rows["y"], out.sums["yty"])  # Q as row panels
     cond = np.linalg.cond(r)
     if cond <= SAFE_COND:
-        b = scipy.linalg.solve_triangular(r, out.sums["w"].T, trans="T")
-    else:
-        logger.info("cond(R) = %.3g > %.3g: one more pass computes Q^T A exactly", cond, SAFE_COND)
-        b = engine.run(passkernels.project, ByRows(q)).sums["b"]
-    return q, b
+        return q, scipy.linalg.solve_triangular(r, out.sums["w"].T, trans="T")
+    # Y rank-deficient (a sketch wider than A's numerical rank): keep the directions of
+    # Q U_R whose singular values of R are within SAFE_COND of the largest, where
+    # (Q U_R)^T A = S_R^-1 V_R^T W^T is as accurate as above
+    ur, sr, vrt = np.linalg.svd(r)
+    keep = sr >= sr[0] / SAFE_COND
+    if sr[0] > 0 and int(keep.sum()) >= need:
+        logger.info("cond(R) = %.3g: keeping the %d well-resolved directions", cond, keep.sum())
+        b = (vrt[keep] @ out.sums["w"].T) / sr[keep, None]
+        return q.times(ur[:, keep]), b
+    logger.info("cond(R) = %.3g > %.3g: one more pass computes Q^T A exactly", cond, SAFE_COND)
+    return q, engine.run(passkernels.project, ByRows(q)).sums["b"]
 
 
-def _final_block(engine: PassEngine, x: np.ndarray) -> tuple[Tall, np.ndarray]:
+def _final_block(engine: PassEngine, x: np.ndarray, need: int) -> tuple[Tall, np.ndarray]:
     q, _ = qr.cholesky_qr(engine.run(passkernels.apply_block, x).rows["y"])
     b = np.concatenate(engine.run(passkernels.adjoint_block, ByRows(q)).cols["z"]).T
     return q, b
 
 
 def range_sketch(
-    engine: PassEngine, width: int, n_power_iter: int, seed: np.random.SeedSequence
+    engine: PassEngine,
+    width: int,
+    n_power_iter: int,
+    seed: np.random.SeedSequence,
+    need: int | None = None,
 ) -> Factors:
-    """Q (m, width) and B = Q^T A in q + 1 passes (q + 2, or 2q + 2 in block layout)."""
+    """Q (m, <= width) and B = Q^T A in q + 1 passes (q + 2, or 2q + 2 in block layout).
+    ``need``: the fewest columns Q may keep when Y is rank-deficient (default width)."""
     m, n = engine.tall_shape
     omega = random.gaussian_rows(
         seed.entropy, tuple(seed.spawn_key), random.Stream.RSVD_OMEGA, n, width, 0, n
     )
     x = _power_iterations(engine, orthonormalize(omega), n_power_iter)
     final = _final_panel if engine.layout == "panel" else _final_block
-    q, b = final(engine, x)
+    q, b = final(engine, x, width if need is None else need)
     ub, s, vt = exact.svd(b)
     return Factors(u=q.times(ub), s=s, vt=vt, fro2=engine.fro2)  # U = Q U_B, pending
 

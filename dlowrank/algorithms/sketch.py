@@ -169,6 +169,6 @@ def _slow_message(est: float, reach: float, shrink: float, rank: int) -> str:
         f"the single pass reached an estimated relative error of {est:.4g}, where its "
         f"own sketch says a rank-{rank} truncation reaches about {reach:.4g}: the "
         f"spectrum decays too slowly for one pass{scaled}. Use two passes instead: "
-        "randomized_svd(a, rank, n_power_iter=1), or on the command line "
+        "randomized_svd(a, rank, passes=2), or on the command line "
         "svd --passes 2"
     )

@@ -397,7 +397,7 @@ def _show(result: dict, as_json: bool, fmt: Any) -> None:
 @click.option("--workdir", default=None, help="Where to generate the matrix (default: temp).")
 @click.option(
     "--suite",
-    type=click.Choice(["svd", "factorization", "throughput", "memory", "tall"]),
+    type=click.Choice(["svd", "factorization", "throughput", "memory", "tall", "passes"]),
     default="svd",
     show_default=True,
     help="Which comparison to run.",
@@ -430,7 +430,7 @@ def _show(result: dict, as_json: bool, fmt: Any) -> None:
     type=float,
     default=1.0,
     show_default=True,
-    help="Factorization suite: shrink the data sets by this factor (tests use 0.02).",
+    help="Factorization and passes suites: shrink the data sets by this factor (tests use 0.02).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as one JSON line.")
 def bench(
@@ -457,7 +457,9 @@ def bench(
     --suite factorization runs the NMF, matrix-completion and GD-vs-ALS targets;
     --suite memory runs the CLI uncapped and under --cap MB on its whole process tree;
     --suite tall runs svd, svd --passes 1, factorize and nmf on a tall matrix under
-    --cap MB, cold, with a bare read pass, true errors and U's orthonormality.
+    --cap MB, cold, with a bare read pass, true errors and U's orthonormality;
+    --suite passes measures the error of each pass choice on real images, eigenfaces
+    and slow and flat spectra (--rank, default 20).
     """
     from dlowrank.app.bench import format_table, rows_to_dicts, run_bench
 
@@ -506,6 +508,15 @@ def bench(
             say=say,
         )
         _show(result, as_json, format_tall)
+        return
+    if suite == "passes":
+        from dlowrank.app.bench_passes import format_passes, run_passes_bench
+
+        rows = run_passes_bench(rank=rank, scale=scale, say=say)
+        if as_json:
+            _emit_json({"rows": rows})
+        else:
+            click.echo(format_passes(rows))
         return
     if suite == "factorization":
         from dlowrank.app.bench_factor import format_factorization, run_factorization_bench

@@ -33,7 +33,8 @@ from dlowrank.errors import (
 )
 from dlowrank.factorization import FACTORIZE, NMF
 from dlowrank.io.inventory import VERIFY_MODES
-from dlowrank.params import MAX_POWER_ITER, MAX_TIMEOUT, MAX_WORKERS, Param, Spec
+from dlowrank.params import MAX_TIMEOUT, MAX_WORKERS, Param, Spec
+from dlowrank.streaming import PASSES as _PASSES
 from dlowrank.streaming import RANDOMIZED_SVD, SKETCH_SVD
 
 logger = logging.getLogger(__name__)
@@ -99,13 +100,10 @@ OUTPUT = [
     _run_param("restart", bool, False, "Discard an existing checkpoint instead of resuming."),
     STORAGE_OPTIONS,
 ]
-PASSES = Param(
-    "passes",
-    int,
-    None,
-    "1: single-pass sketch; k >= 2: k - 1 power iterations.",
-    low=1,
-    high=MAX_POWER_ITER + 1,
+PASSES = replace(
+    _PASSES,
+    help="Reads of A: 1 the single-pass sketch (sketch_svd); 2 (default) one power "
+    "iteration at twice the width; k >= 3: k - 1 power iterations.",
 )
 PLOT = _run_param(
     "plot", str, None, "Write a scree and cumulative-energy plot (PNG) here.", path=True
@@ -129,13 +127,17 @@ def _options(*specs: Spec, only: tuple[str, ...] | None = None, **defaults: Any)
 
 def _command(*own: Param) -> list[Param]:
     """A command's options: its own, then the shared input, output and runtime ones."""
-    names = {p.name for p in own}
+    first: dict[str, Param] = {}
+    for p in own:
+        first.setdefault(p.name, p)  # a command's own declaration before a function's
+    own = tuple(first.values())
+    names = set(first)
     return [*own, *[p for p in INPUT + OUTPUT + RUNTIME if p.name not in names]]
 
 
 #: Each command's options, derived from the declarations of the functions it calls.
 COMMANDS: dict[str, list[Param]] = {
-    "svd": _command(*_options(RANDOMIZED_SVD, SKETCH_SVD), PASSES),
+    "svd": _command(PASSES, *_options(RANDOMIZED_SVD, SKETCH_SVD)),
     "factorize": _command(*_options(FACTORIZE)),
     "nmf": _command(*_options(NMF)),
     "spectrum": _command(
@@ -410,9 +412,10 @@ def _estimate_bytes(cfg: JobConfig, shape: tuple[int, int]) -> tuple[int, int]:
     o = cfg.options
     m, n = shape
     k = o.get("rank") or o.get("max_rank") or min(m, n, 512)
-    width = min(k + (o.get("n_oversamples") or 10), min(m, n))
+    width = min(2 * (k + (o.get("n_oversamples") or 10)), min(m, n))  # 2 passes: twice
     if cfg.command in ("svd", "spectrum"):
-        passes = (o.get("passes") or (o.get("n_power_iter") or 0) + 1) + 1
+        q = o.get("n_power_iter")
+        passes = (o.get("passes") or (2 if q is None else q + 1)) + 1
         return 8 * (m * k + k + k * n), 8 * passes * (m + n) * width
     passes = min(o.get("max_iter") or 100, 100) + 3
     return 8 * (m + n) * k, 8 * passes * (m + n) * k
@@ -579,8 +582,6 @@ def _target(cfg: JobConfig) -> tuple[Callable, Spec, dict]:
         "svd": (sketch_svd, SKETCH_SVD) if single else (randomized_svd, RANDOMIZED_SVD),
     }[cfg.command]
     kwargs = {k: o[k] for k in spec.names if o.get(k) is not None}
-    if cfg.command == "svd" and (o.get("passes") or 1) > 1:
-        kwargs["n_power_iter"] = o["passes"] - 1
     return fn, spec, kwargs
 
 
