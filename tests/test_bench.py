@@ -147,3 +147,14 @@ def test_memory_suite_runs_the_cli_free_and_capped(tmp_path):
     for row in result["rows"]:  # one line per command, with its capped status
         line = next(ln for ln in table.splitlines() if ln.startswith(row["command"]))
         assert ("done" in line) == can_cap()
+
+
+def test_one_method_in_its_own_process(tmp_path):
+    from dlowrank.app.bench_one import run_one
+
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (2000, 300), 30, noise=1e-3, chunks=(500, 300), seed=0)
+    default, q2 = run_one(path, "default", 5), run_one(path, "q2_dask", 5)
+    assert default["passes"] == 2 and q2["passes"] == 3
+    assert default["rel_error"] <= q2["rel_error"] * 1.001 and default["tree_peak_mb"] > 0
+    assert run_one(path, "read")["passes"] == 1

@@ -83,6 +83,24 @@ def test_cluster_results_equal_threaded_results(cluster, tmp_path):
         assert b.rel_error == pytest.approx(a.rel_error, rel=1e-10)
 
 
+def test_a_lazy_factor_is_saved_on_the_client_given_not_the_default_scheduler(cluster, tmp_path):
+    """``client=`` that is not dask's default still saves U at ``out`` by its workers."""
+    import dask
+
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (6_000, 200), 30, noise=1e-3, chunks=(1_000, 200), seed=2)
+    out = str(tmp_path / "r.zarr")
+    scratch = {"dlowrank.tall-memory": 0, "dlowrank.factor-memory": 0}
+    with dask.config.set(scratch), Client(cluster, set_as_default=False) as client:
+        r = dlowrank.randomized_svd(path, 6, seed=3, client=client, out=out)
+        copied = client.run_on_scheduler(
+            lambda dask_scheduler: "copy_block" in dask_scheduler.task_prefixes
+        )
+    assert copied  # the blocks of U were written by tasks of this cluster
+    back = dlowrank.load(out)  # and verify, block by block
+    np.testing.assert_array_equal(np.asarray(back.u), np.asarray(r.u))
+
+
 def test_scratch_panels_on_a_cluster_equal_threaded_results(cluster, tmp_path):
     """Tall quantities forced to scratch Zarr: the workers write and read their own panels
     (the driver gets references), and the result's U is lazy and the same."""

@@ -641,7 +641,8 @@ class PassEngine:
             if limit is not None:
                 step = max(min(step, limit - (time.monotonic() - start)), 1e-3)
             try:
-                wait(futures, timeout=step)
+                with client.as_current():  # the run's client, default or not
+                    wait(futures, timeout=step)
                 return
             except TimeoutError:
                 pass

@@ -10,6 +10,7 @@ algorithm on ``run.engine``, ``run.svd(...)`` (or ``eigh``, ``factorization``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -194,9 +195,11 @@ class Run:
         if out is None:
             return result
         so = self.values.get("storage_options")
-        version = result._publish(
-            out, overwrite=self.values.get("overwrite", False), storage_options=so
-        )
+        client = self.engine.client  # the run's: lazy factors are saved by its workers
+        with client.as_current() if client is not None else contextlib.nullcontext():
+            version = result._publish(
+                out, overwrite=self.values.get("overwrite", False), storage_options=so
+            )
         return result._reopened(out, version, so)
 
     def _provenance(self, algorithm: str | None, params: dict | None) -> dict:
