@@ -2,7 +2,7 @@
 memory cap on the whole process tree, as in issue "tall factors stay distributed".
 
 Every run is the CLI in a subprocess, capped and cold (``bench_memory``'s cgroup runner):
-a bare read pass (dask's ``from_zarr(...).sum()``, the floor), ``svd`` (randomized,
+a bare read pass (dask's ``from_zarr(...).sum()``, the floor), ``svd --passes 3`` (randomized,
 q = 2), ``svd --passes 1`` (single pass), ``factorize`` and ``nmf`` (3 iterations each;
 nmf on |A|). Outside the cap, uncapped and after the runs, one Gram pass gives A's exact
 singular values (A has few columns), hence the optimal rank-k error; each SVD's true
@@ -34,7 +34,7 @@ from dlowrank.app.bench_memory import _read_pass, _run, can_cap
 
 #: The runs of the table: (name, CLI arguments after INPUT --out OUT); "{abs}" runs on |A|.
 COMMANDS = (
-    ("svd (randomized, q=2)", ["svd", "--rank", "{rank}"]),
+    ("svd (randomized, q=2)", ["svd", "--rank", "{rank}", "--passes", "3"]),
     ("svd --passes 1 (sketch)", ["svd", "--rank", "{rank}", "--passes", "1"]),
     ("factorize 3 iterations", ["factorize", "--rank", "{rank}", "--max-iter", "3"]),
     ("nmf 3 iterations (on |A|)", ["nmf", "--rank", "{rank}", "--max-iter", "3"]),
@@ -139,7 +139,7 @@ def run_tall_bench(
                 da.from_zarr(input)[:m].rechunk(x.chunksize).to_zarr(part)
             out = os.path.join(tmp, f"s{m}.zarr")
             say(f"svd on {m} rows (uncapped)")
-            run = _run(["svd", part, "--out", out, "--rank", str(rank)], None)
+            run = _run(["svd", part, "--out", out, "--rank", str(rank), "--passes", "3"], None)
             by_height.append({**run, "rows": min(m, x.shape[0])})
         cluster = []
         if cluster_memory:
