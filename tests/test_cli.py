@@ -96,3 +96,20 @@ def test_demo_prints_a_verified_result():
     assert abs(summary["rel_error"] - summary["optimal_rel_error"]) < 1e-5
     text = run("demo", "--shape", 2000, 100, "--rank", 5).output
     assert text.strip().endswith("verified")
+
+
+def test_passes_conflicts_are_refused_before_any_pass(tmp_path):
+    path = tmp_path / "a.zarr"
+    dlowrank.generate(path, (400, 60), 10, chunks=(100, 60), seed=0)
+    out = tmp_path / "r.zarr"
+    for extra, message in (
+        (["--passes", "1", "--n-power-iter", "2"], "`n_power_iter` needs the multi-pass"),
+        (["--passes", "1", "--max-error", "0.5"], "`max_error` needs the multi-pass"),
+        (["--passes", "3", "--n-power-iter", "1"], "`passes` = 3 and `n_power_iter` = 1"),
+    ):
+        res = run("svd", path, "--out", out, "--rank", 3, "--workers", 0, *extra)
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert not out.exists()
+    res = run("svd", path, "--out", out, "--rank", 3, "--workers", 0, "--passes", 4, "--json")
+    line = [ln for ln in res.output.splitlines() if ln.startswith("{")][-1]
+    assert res.exit_code == 0 and json.loads(line)["passes"] == 4, res.output

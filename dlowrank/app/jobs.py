@@ -589,8 +589,13 @@ def _check_params(cfg: JobConfig, source: Any) -> None:
     """The function's own rules against the input (shape, kind), before any work: the
     same declaration and checks the function applies when it runs."""
     o = cfg.options
-    if cfg.command == "svd" and o.get("passes") == 1 and o.get("max_error") is not None:
-        raise ParameterError("`max_error` needs the multi-pass algorithm; drop --passes 1")
+    if cfg.command == "svd" and o.get("passes") == 1:
+        for key in ("max_error", "n_power_iter"):
+            if o.get(key) is not None:
+                raise ParameterError(
+                    f"`{key}` needs the multi-pass algorithm; drop it or --passes 1 (the "
+                    "single pass takes sketch_size instead)"
+                )
     _, spec, kwargs = _target(cfg)
     spec.validate(kwargs, source)
 
