@@ -85,7 +85,7 @@ def _final_panel(engine: PassEngine, x: np.ndarray, need: int) -> tuple[Tall, np
     return q, engine.run(passkernels.project, ByRows(q)).sums["b"]
 
 
-def _final_block(engine: PassEngine, x: np.ndarray, need: int) -> tuple[Tall, np.ndarray]:
+def _final_block(engine: PassEngine, x: np.ndarray) -> tuple[Tall, np.ndarray]:
     q, _ = qr.cholesky_qr(engine.run(passkernels.apply_block, x).rows["y"])
     b = np.concatenate(engine.run(passkernels.adjoint_block, ByRows(q)).cols["z"]).T
     return q, b
@@ -105,8 +105,10 @@ def range_sketch(
         seed.entropy, tuple(seed.spawn_key), random.Stream.RSVD_OMEGA, n, width, 0, n
     )
     x = _power_iterations(engine, orthonormalize(omega), n_power_iter)
-    final = _final_panel if engine.layout == "panel" else _final_block
-    q, b = final(engine, x, width if need is None else need)
+    if engine.layout == "panel":
+        q, b = _final_panel(engine, x, width if need is None else need)
+    else:  # B from its own pass: a rank-deficient Y needs nothing more
+        q, b = _final_block(engine, x)
     ub, s, vt = exact.svd(b)
     return Factors(u=q.times(ub), s=s, vt=vt, fro2=engine.fro2)  # U = Q U_B, pending
 

@@ -129,17 +129,13 @@ def _methods(url: str, rank: int, p: int, q: int, seed: int, client: Any, sklear
         r = sketch_svd(url, rank, seed=seed, client=client)
         return r.u, r.s, r.vt, r.passes
 
-    def ours_rsvd():
-        r = randomized_svd(url, rank, n_power_iter=q, n_oversamples=p, seed=seed, client=client)
-        return r.u, r.s, r.vt, r.passes
-
-    def ours_default():
-        r = randomized_svd(url, rank, n_oversamples=p, seed=seed, client=client)
+    def ours_rsvd(**passes):
+        r = randomized_svd(url, rank, n_oversamples=p, seed=seed, client=client, **passes)
         return r.u, r.s, r.vt, r.passes
 
     yield "dlowrank sketch_svd (1 pass)", None, ours_sketch
-    yield f"dlowrank randomized_svd q={q}", None, ours_rsvd
-    yield "dlowrank randomized_svd (default, 2 wide)", None, ours_default
+    yield f"dlowrank randomized_svd q={q}", None, lambda: ours_rsvd(n_power_iter=q)
+    yield "dlowrank randomized_svd (default, 2 wide)", None, ours_rsvd
 
 
 def run_bench(

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from dlowrank.generate import make_matrix
 from dlowrank.streaming import randomized_svd, sketch_svd
 
 #: (label, keyword arguments of randomized_svd, or None for sketch_svd).
@@ -32,16 +33,6 @@ CHOICES: tuple[tuple[str, dict | None], ...] = (
 )
 
 
-def _synthetic(m: int, n: int, s: np.ndarray, seed: int, noise: float = 0.0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    u, _ = np.linalg.qr(rng.standard_normal((m, len(s))))
-    v, _ = np.linalg.qr(rng.standard_normal((n, len(s))))
-    a = (u * s) @ v.T
-    if noise:
-        a += noise * rng.standard_normal((m, n))
-    return a
-
-
 def matrices(scale: float = 1.0) -> Iterator[tuple[str, np.ndarray]]:
     """The suite's matrices; ``scale`` < 1 shrinks the synthetic ones (tests)."""
     from skimage import color, data
@@ -50,11 +41,14 @@ def matrices(scale: float = 1.0) -> Iterator[tuple[str, np.ndarray]]:
     yield "astronaut (gray) 512 x 512", color.rgb2gray(data.astronaut())
     yield "lfw faces 200 x 625", data.lfw_subset().reshape(200, -1).astype(np.float64)
     m, n = max(200, int(10_000 * scale)), max(100, int(1_000 * scale))
-    i = np.arange(1, n + 1)
-    yield f"{m} x {n}, s_i = 1/i", _synthetic(m, n, 1 / i, 1)
-    yield f"{m} x {n}, s_i = 1/sqrt(i)", _synthetic(m, n, 1 / np.sqrt(i), 2)
-    yield f"{m} x {n}, flat 40 + noise", _synthetic(m, n, np.ones(40), 3, 0.3 / np.sqrt(m))
-    yield f"{m} x {n}, 0.95^i + noise (bench)", _synthetic(m, n, 1e3 * 0.95 ** i[:200], 4, 1e-3)
+    for name, rank, kw in (
+        ("s_i = 1/i", n, {"kind": "polynomial", "decay": 1.0}),
+        ("s_i = 1/sqrt(i)", n, {"kind": "polynomial", "decay": 0.5}),
+        ("flat 40 + noise", 40, {"kind": "flat", "noise": 0.3 / np.sqrt(m)}),
+        ("0.95^i + noise (bench)", 200, {"decay": 0.95, "scale": 1e3, "noise": 1e-3}),
+    ):
+        made = make_matrix((m, n), min(rank, n), chunks=(m, n), seed=1, **kw)
+        yield f"{m} x {n}, {name}", made.array.compute()
     from sklearn.datasets import make_low_rank_matrix
 
     yield (

@@ -45,7 +45,7 @@ def run_demo(url: str, shape: tuple[int, int], rank: int, seed: int) -> dict:
         f"matrix   {m} x {n} float64 in {url} (generated in {t_gen:.1f} s; known spectrum "
         f"s_i = 0.8**i, rank {true_rank})",
         f"method   {result.algorithm}, rank {rank}, {result.passes} passes over A "
-        f"(sketch width {result.params['widen'] * (rank + 10)}), "
+        f"(sketch width {min(result.params['widen'] * (rank + 10), m, n)}), "
         f"{result.seconds:.2f} s (exact in-memory SVD: {exact.seconds:.2f} s)",
         f"error    relative Frobenius {result.rel_error:.6e} ({result.error_kind}); "
         f"Eckart-Young optimum {optimum:.6e}",
