@@ -33,6 +33,7 @@ from dlowrank.spectrum import (  # noqa: E402
     stable_rank,
 )
 from dlowrank.streaming import nystrom, randomized_svd, sketch_svd  # noqa: E402
+from dlowrank.updates import append, update  # noqa: E402
 
 __all__ = [
     "EighResult",
@@ -40,6 +41,7 @@ __all__ = [
     "SVDResult",
     "TestMatrix",
     "__version__",
+    "append",
     "canonicalize",
     "contributions",
     "cumulative_energy",
@@ -61,4 +63,5 @@ __all__ = [
     "stable_rank",
     "sketch_svd",
     "svt",
+    "update",
 ]

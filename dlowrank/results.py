@@ -57,13 +57,18 @@ class _Provenance:
     created: str = field(default_factory=_now)
 
     _arrays: ClassVar[tuple[str, ...]] = ()
+    _optional: ClassVar[tuple[str, ...]] = ()  # arrays stored only when present
     _kind: ClassVar[str] = ""
+
+    def _stored(self) -> tuple[str, ...]:
+        """The arrays this result stores: its own, and the optional ones it has."""
+        return self._arrays + tuple(n for n in self._optional if getattr(self, n) is not None)
 
     def to_dict(self) -> dict:
         """Provenance as stored in the Zarr attributes (JSON types only)."""
         out: dict[str, Any] = {"kind": self._kind, "format": FORMAT_VERSION}
         for f in fields(self):
-            if f.name in self._arrays:
+            if f.name in self._arrays or f.name in self._optional:
                 continue
             out[f.name] = getattr(self, f.name)
         out.update(self._derived())
@@ -115,7 +120,7 @@ class _Provenance:
         """``save``; return the name of the version written (lazy factors are copied and
         hashed by their own tasks, so they are read once)."""
         kwargs = {"storage_options": storage_options} if storage_options else {}
-        arrays = {name: _in_memory_or_lazy(getattr(self, name)) for name in self._arrays}
+        arrays = {name: _in_memory_or_lazy(getattr(self, name)) for name in self._stored()}
         sums = {k: _checksum(v) for k, v in arrays.items() if isinstance(v, np.ndarray)}
         attrs = {**self.to_dict(), "checksums": sums}
 
@@ -147,7 +152,7 @@ class _Provenance:
         base = f"{os.fspath(url).rstrip('/')}/{version}"
         lazy = {
             name: da.from_zarr(zarr.open_array(f"{base}/{name}", mode="r", **kwargs))
-            for name in self._arrays
+            for name in self._stored()
             if _is_lazy(getattr(self, name))
         }
         return replace(self, **lazy) if lazy else self
@@ -282,8 +287,20 @@ class SVDResult(_Provenance):
     u: np.ndarray = None
     s: np.ndarray = None
     vt: np.ndarray = None
+    # the single pass's sketches in tall orientation (keep_sketch=True; see
+    # :func:`dlowrank.update`): Y (m, k), X (k, n), Z (s, s), E (d, n)
+    sketch_y: Any = None
+    sketch_x: np.ndarray = None
+    sketch_z: np.ndarray = None
+    sketch_e: np.ndarray = None
     _arrays: ClassVar[tuple[str, ...]] = ("u", "s", "vt")
+    _optional: ClassVar[tuple[str, ...]] = ("sketch_y", "sketch_x", "sketch_z", "sketch_e")
     _kind: ClassVar[str] = "svd"
+
+    @property
+    def updatable(self) -> bool:
+        """Whether the result keeps the sketches that :func:`dlowrank.update` extends."""
+        return self.sketch_y is not None and "sketch" in self.params
 
     @property
     def rank(self) -> int:
@@ -399,19 +416,18 @@ def load(url: str | os.PathLike, *, storage_options: dict | None = None) -> SVDR
         attrs = _pointer(url, storage_options)
         cls = _CLASSES[attrs["kind"]]
         base = f"{url}/{attrs['current']}" if attrs.get("current") else url
+        sums = attrs.get("checksums") or {}
+        stored = cls._arrays + tuple(n for n in cls._optional if n in sums)
         try:
-            arrays = {
-                n: _read(zarr.open_array(f"{base}/{n}", mode="r", **kwargs)) for n in cls._arrays
-            }
+            arrays = {n: _read(zarr.open_array(f"{base}/{n}", mode="r", **kwargs)) for n in stored}
         except Exception as exc:  # the version went away under us: read the pointer again
             problem = f"{type(exc).__name__}: {exc}"
             continue
-        sums = attrs.get("checksums") or {}
         bad = [n for n, a in arrays.items() if n in sums and not verify(a, sums[n])]
         if bad:
             problem = f"the arrays {', '.join(bad)} do not match their checksums"
             continue
-        names = {f.name for f in fields(cls) if f.name not in cls._arrays}
+        names = {f.name for f in fields(cls) if f.name not in (*cls._arrays, *cls._optional)}
         return cls(**{k: v for k, v in attrs.items() if k in names}, **arrays)
     raise ResultError(
         f"result {url} could not be read whole in {LOAD_ATTEMPTS} attempts ({problem}); it is "

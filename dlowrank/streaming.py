@@ -180,7 +180,10 @@ def _check_sketch(v: dict, source: Any) -> dict:
         size = size[0] if isinstance(size, (tuple, list)) else size
         k = parse_int(size, "sketch_size", rank, cap)
         s = min(2 * k + 1, cap)
-    return {"rank": rank, "sketch_size": [k, s], "n_error_sketch": v["n_error_sketch"]}
+    out = {"rank": rank, "sketch_size": [k, s], "n_error_sketch": v["n_error_sketch"]}
+    if v.get("keep_sketch"):
+        out["keep_sketch"] = True
+    return out
 
 
 def _check_nystrom(v: dict, source: Any) -> dict:
@@ -209,9 +212,25 @@ RANDOMIZED_SVD = Spec(
     ),
     _check_rsvd,
 )
+KEEP_SKETCH = Param(
+    "keep_sketch",
+    bool,
+    False,
+    "Keep the sketches with the result (Y, of one row per row of A, in Zarr beside U) "
+    "so that dlowrank.update can extend it to appended rows and columns by reading "
+    "those only.",
+)
 SKETCH_SVD = Spec(
     "sketch_svd",
-    (RANK, SEED, SKETCH_SIZE, N_ERROR_SKETCH, replace(LAYOUT, default="block"), *ENGINE),
+    (
+        RANK,
+        SEED,
+        SKETCH_SIZE,
+        N_ERROR_SKETCH,
+        KEEP_SKETCH,
+        replace(LAYOUT, default="block"),
+        *ENGINE,
+    ),
     _check_sketch,
 )
 NYSTROM = Spec(
@@ -415,6 +434,7 @@ def sketch_svd(
     seed: Any = 0,
     sketch_size: Any = None,
     n_error_sketch: int = 20,
+    keep_sketch: bool = False,
     layout: str = "block",
     client: Any = None,
     storage_options: dict | None = None,
@@ -445,6 +465,11 @@ def sketch_svd(
         error).
     n_error_sketch : int, default 20
         d >= 1 rows of the independent error sketch Theta A.
+    keep_sketch : bool, default False
+        Keep the sketches with the result (``sketch_y``, one row per row of A, is a
+        lazy Zarr-backed factor when large, like ``u``) and what an update checks:
+        :func:`dlowrank.update` then extends the result to appended rows and columns
+        by reading only those.
     layout : {"block", "panel", "auto"}
         "block" (default): one task per chunk, the least memory, since every
         sketch is a sum of per-chunk terms; "panel" groups chunk rows.
@@ -480,13 +505,22 @@ def sketch_svd(
     run = Run(SKETCH_SVD, **locals())
     p = run.params
     k, s = p["sketch_size"]
-    f = _sketch.sketch(run.engine, p["rank"], k, s, p["n_error_sketch"], run.seed)
+    d = p["n_error_sketch"]
+    f = _sketch.sketch(run.engine, p["rank"], k, s, d, run.seed)
     interval = {
         "rel_error_interval": [float(x) for x in f.rel_error_interval],
         "confidence": _sketch.CONFIDENCE,
         "shrink": f.shrink,
     }
-    return run.svd(f.u, f.s, f.vt, f.rel_error, error_kind="estimated", params=interval)
+    extra = None
+    if p.get("keep_sketch"):
+        from dlowrank.updates import keep_record
+
+        interval["sketch"] = keep_record(run, p["rank"], k, s, d, f.fro2)
+        extra = run.keep_sketch(f.state)
+    return run.svd(
+        f.u, f.s, f.vt, f.rel_error, error_kind="estimated", params=interval, extra=extra
+    )
 
 
 def nystrom(

@@ -39,6 +39,7 @@ class SketchFactors:
     rel_error_interval: tuple[float, float]
     fro2: float
     shrink: float = 1.0  # the scaling of s that kept the result no worse than zero
+    state: SketchState | None = None  # the sketches it came from
 
 
 def _test_panel(i: int, span: tuple[int, int], p: np.ndarray, seed, n_rows, tests):
@@ -74,41 +75,76 @@ def error_interval(estimate: float, d: int) -> tuple[float, float]:
     return estimate / np.sqrt(hi_q), estimate / np.sqrt(lo_q)
 
 
-def sketch(
-    engine: PassEngine, rank: int, k: int, s: int, d: int, seed: np.random.SeedSequence
-) -> SketchFactors:
-    """One pass; rank-``rank`` factors with an estimated error and its interval."""
-    m, n = engine.tall_shape
-    key = (seed.entropy, tuple(seed.spawn_key))
-    right = np.hstack(
+@dataclass
+class SketchState:
+    """The sketches of one pass (tall orientation), from which :func:`finish` makes the
+    factors; kept with a result, they absorb appended rows and columns (an update)."""
+
+    y: Tall  # Y = A Omega (m, k), row panels
+    x: np.ndarray  # X = Upsilon A (k, n)
+    z: np.ndarray  # Z = Phi A Psi^T (s, s)
+    e: np.ndarray  # E = Theta A (d, n)
+    fro2: float
+
+
+def right_tests(key: tuple, n: int, k: int, s: int) -> np.ndarray:
+    """[Omega | Psi^T] (n, k + s): the n-sized test matrices, shared by every task."""
+    return np.hstack(
         [
             random.gaussian_rows(key[0], key[1], random.Stream.SKETCH_OMEGA, n, k, 0, n),
             random.gaussian_rows(key[0], key[1], random.Stream.SKETCH_PSI, n, s, 0, n),
         ]
     )
-    out = engine.run(passkernels.three_sketch, key, m, right, k, d)
-    fro2 = engine.fro2
-    q, _ = qr.cholesky_qr(out.rows["y"])  # row panels, never gathered
-    x = np.concatenate(out.cols["x"], axis=1)
-    p = orthonormalize(x.T)
+
+
+def seed_key(seed: np.random.SeedSequence) -> tuple:
+    return (seed.entropy, tuple(seed.spawn_key))
+
+
+def sketch(
+    engine: PassEngine, rank: int, k: int, s: int, d: int, seed: np.random.SeedSequence
+) -> SketchFactors:
+    """One pass; rank-``rank`` factors with an estimated error and its interval (and
+    the sketches, ``state``)."""
+    m, n = engine.tall_shape
+    key = seed_key(seed)
+    out = engine.run(passkernels.three_sketch, key, m, right_tests(key, n, k, s), k, d)
+    state = SketchState(
+        out.rows["y"],
+        np.concatenate(out.cols["x"], axis=1),
+        out.sums["z"],
+        np.concatenate(out.cols["e"], axis=1),
+        engine.fro2,
+    )
+    return finish(state, rank, k, s, d, key)
+
+
+def finish(state: SketchState, rank: int, k: int, s: int, d: int, key: tuple) -> SketchFactors:
+    """Rank-``rank`` factors from the sketches (Tropp et al. 2019, Alg. 2), with the
+    error estimate and its interval, the result never worse than zero."""
+    m, n = state.y.shape[0], state.x.shape[1]
+    fro2 = state.fro2
+    q, _ = qr.cholesky_qr(state.y)  # row panels, never gathered
+    p = orthonormalize(state.x.T)
     # Phi^T Q (s, k) and Theta^T Q (d, k: the last d columns of the Upsilon stream) from
     # one read of Q's panels
     tests = [(random.Stream.SKETCH_PHI, s, 0), (random.Stream.SKETCH_UPSILON, k + d, k)]
     both = _tests_times(key, m, tests, q)
     phi_q, theta_q = both[:s], both[s:]
-    psi_p = right[:, k:].T @ p
-    core = np.linalg.lstsq(phi_q, out.sums["z"], rcond=None)[0]
+    psi = random.gaussian_rows(key[0], key[1], random.Stream.SKETCH_PSI, n, s, 0, n)
+    psi_p = psi.T @ p
+    core = np.linalg.lstsq(phi_q, state.z, rcond=None)[0]
     core = np.linalg.lstsq(psi_p, core.T, rcond=None)[0].T  # (k, k)
     uc, sc, vct = exact.svd(core)
     u, sv, vt = q.times(uc[:, :rank]), sc[:rank], (p @ vct[:rank].T).T  # u pending
-    e = np.concatenate(out.cols["e"], axis=1)
+    e = state.e
     theta_hat = theta_q @ (uc[:, :rank] * sv) @ vt  # Theta A_hat (d, n)
     est = _estimate(e - theta_hat, d, fro2)
     sv, est, shrink = _no_worse_than_zero(e, theta_hat, sv, est, d, fro2)
     reach = reachable(sc, rank, fro2)
     if shrink < 1 or est > slow_factor(d) * reach + SLOW_MARGIN:
-        warnings.warn(_slow_message(est, reach, shrink, rank), DlowrankWarning, stacklevel=3)
-    return SketchFactors(u, sv, vt, est, error_interval(est, d), fro2, shrink)
+        warnings.warn(_slow_message(est, reach, shrink, rank), DlowrankWarning, stacklevel=4)
+    return SketchFactors(u, sv, vt, est, error_interval(est, d), fro2, shrink, state)
 
 
 def _estimate(resid: np.ndarray, d: int, fro2: float) -> float:

@@ -822,6 +822,71 @@ def convert(input: str, out: str, chunks, dtype, dataset, overwrite, ratings, as
 
 
 @main.command()
+@click.argument("result")
+@click.argument("input")
+@click.option(
+    "--out",
+    default=None,
+    help="Save the updated result here (default: replace RESULT, atomically).",
+)
+@click.option(
+    "--recompute",
+    is_flag=True,
+    help="When the covered part of INPUT changed, run the single pass over all of INPUT "
+    "afresh instead of refusing.",
+)
+@click.option("--scheduler", default=None, help="A dask scheduler's address.")
+@click.option(
+    "--workers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Workers of a local cluster; 0: dask's threads in this process.",
+)
+@click.option("--memory", default=None, help="Memory the run may use, e.g. 600MB.")
+@click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
+def update(
+    result: str, input: str, out, recompute: bool, scheduler, workers: int, memory, as_json
+) -> None:
+    """Extend the single-pass RESULT (made with --passes 1 --keep-sketch) to the rows and
+    columns appended to INPUT since, reading only those."""
+    import dlowrank as dl
+    from dlowrank.runtime.client import connect
+
+    with connect(scheduler=scheduler, workers=workers) as client:
+        r = dl.update(
+            result,
+            input,
+            recompute=recompute,
+            client=client,
+            memory=memory,
+            out=out or result,
+            overwrite=True,
+        )
+    info = r.params.get("update")
+    summary = {
+        "output": out or result,
+        "shape": [int(r.u.shape[0]), int(r.vt.shape[1])],
+        "rank": r.rank,
+        "rel_error": r.rel_error,
+        "update": info,
+    }
+    if as_json:
+        _emit_json(summary)
+    elif info is None:
+        shape = summary["shape"]
+        click.echo(f"{summary['output']}: recomputed, {shape[0]} x {shape[1]}")
+    elif info["from"] == info["to"]:
+        click.echo(f"{summary['output']}: nothing appended, unchanged")
+    else:
+        click.echo(
+            f"{summary['output']}: {info['from'][0]} x {info['from'][1]} -> {info['to'][0]} "
+            f"x {info['to'][1]}, read {100 * info['fraction_read']:.1f} % of the input, "
+            f"estimated relative error {r.rel_error:.6g}"
+        )
+
+
+@main.command()
 @click.argument("input")
 @click.option("--rank", type=int, required=True, help="Rank of the approximations.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -45,7 +45,7 @@ from dlowrank.engine.tall import (
     write_panel,
 )
 from dlowrank.errors import DlowrankWarning, PassTimeoutError, StorageError
-from dlowrank.io.source import DaskSource, Rect
+from dlowrank.io.source import Rect
 
 logger = logging.getLogger(__name__)
 
@@ -196,19 +196,26 @@ def _run_piece(
     kernel: Callable,
     args: tuple,
     settle: tuple | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> dict:
     """A piece's kernel outputs; with ``settle`` (the piece is its row range's only one)
     its row outputs are settled here (:func:`_settle`), so that no later task holds them
     beside the next piece (measured: on 500 MB workers the single pass over 8,000,000 x
-    64 lost every worker with a separate settling task)."""
-    out = _piece_outputs(block_or_source, rect, transpose, kernel, args)
+    64 lost every worker with a separate settling task). ``origin``: where the source's
+    (0, 0) lies in A (a window of A): the kernel sees A's global indices."""
+    out = _piece_outputs(block_or_source, rect, transpose, kernel, args, origin)
     if settle is not None:
         out = {**out, "rows": _settle(out["rows"], *settle)}
     return out
 
 
 def _piece_outputs(
-    block_or_source: Any, rect: Rect, transpose: bool, kernel: Callable, args: tuple
+    block_or_source: Any,
+    rect: Rect,
+    transpose: bool,
+    kernel: Callable,
+    args: tuple,
+    origin: tuple[int, int] = (0, 0),
 ) -> dict:
     # a stored source (Zarr array, ratings group) is read here, by the task itself
     block = block_or_source.read(rect) if hasattr(block_or_source, "read") else block_or_source
@@ -216,6 +223,7 @@ def _piece_outputs(
     # the piece's own panels of tall operands
     args = tuple(resolve(a.value if isinstance(a, _RowArg) else a) for a in args)
     r0, r1, c0, c1 = rect
+    r0, r1, c0, c1 = r0 + origin[0], r1 + origin[0], c0 + origin[1], c1 + origin[1]
     if transpose:
         block, r0, r1, c0, c1 = block.T, c0, c1, r0, r1
     slab = max(1, SLAB_BYTES // max(1, 8 * (c1 - c0)))
@@ -248,11 +256,19 @@ class Plan:
     threads: int | None = None  # tasks in flight on dask's threads (None: a cluster's)
 
     @classmethod
-    def make(cls, source: Any, layout: str, budget: int, threads: int | None = None) -> Plan:
+    def make(
+        cls,
+        source: Any,
+        layout: str,
+        budget: int,
+        threads: int | None = None,
+        transpose: bool | None = None,
+    ) -> Plan:
         """The plan for ``layout`` ("auto": panels when a task can hold a chunk row, about
-        :func:`_entry_bytes` an entry, within ``budget``)."""
+        :func:`_entry_bytes` an entry, within ``budget``); ``transpose`` by default when A
+        is wide (a window of A takes the orientation of the whole)."""
         m, n = source.shape
-        transpose = n > m
+        transpose = n > m if transpose is None else transpose
         chunks = source.chunks
         tall_shape = (n, m) if transpose else (m, n)
         tall_chunks = (chunks[1], chunks[0]) if transpose else chunks
@@ -364,7 +380,7 @@ class PassEngine:
 
     Parameters
     ----------
-    source : ZarrSource, DaskSource or RatingsSource
+    source : ZarrSource, DaskSource, RatingsSource, or a Window of one
     layout : {"panel", "block", "auto"}
         "auto" picks panels when one chunk row (or column, for a wide A) fits
         the memory budget, else blocks.
@@ -385,6 +401,8 @@ class PassEngine:
     missing : bool
         NaN entries are missing values: ||A||_F^2 sums the observed entries, and only
         infinite entries are refused.
+    transpose : bool, optional
+        See A as A^T; default: when A is wide (a window of A is given the whole's).
     fingerprint : str, optional
         The input's fingerprint when the caller has taken it already (a job); else it
         is taken at the first pass. The input must keep it until the last pass.
@@ -406,6 +424,7 @@ class PassEngine:
         memory: int | None = None,
         fingerprint: str | None = None,
         missing: bool = False,
+        transpose: bool | None = None,
     ) -> None:
         self.source = source
         self.client = _current_client(client)
@@ -413,7 +432,7 @@ class PassEngine:
         self.timeout = timeout
         self.missing = missing
         task, threads = _budget(memory, self.client, source)
-        self.plan = Plan.make(source, layout, task, threads)
+        self.plan = Plan.make(source, layout, task, threads, transpose)
         self.space = self._space()
         self._checkpoint = None
         self.checkpoint = checkpoint
@@ -496,12 +515,13 @@ class PassEngine:
         settle: tuple | None = None,
     ) -> Any:
         rect = (*cols, *rows) if self.transpose else (*rows, *cols)
-        if isinstance(self.source, DaskSource):
+        if hasattr(self.source, "delayed_block"):  # dask computes the block
             data = self.source.delayed_block(rect)
         else:
             data = self.source
+        origin = getattr(self.source, "origin", (0, 0))
         return dask.delayed(_run_piece, pure=False)(
-            data, rect, self.transpose, kernel, args, settle
+            data, rect, self.transpose, kernel, args, settle, origin
         )
 
     def _share(self, arg: Any) -> Any:

@@ -229,11 +229,12 @@ class Run:
         error_kind: str = "exact",
         algorithm: str | None = None,
         params: dict | None = None,
+        extra: dict | None = None,
     ) -> Any:
         """An SVDResult from tall-oriented factors: transposition undone, the package's
         sign convention, A's dtype. ``u`` may be a Tall (row panels): it becomes a NumPy
         array when small, else a dask array over Zarr (:func:`dlowrank.engine.tall.factor`),
-        never gathered whole."""
+        never gathered whole. ``extra``: further arrays of the result (kept sketches)."""
         from dlowrank.results import SVDResult
 
         dtype = self.dtype
@@ -251,9 +252,21 @@ class Run:
             vt=vt,
             rel_error=rel_error,
             error_kind=error_kind,
+            **(extra or {}),
             **self._provenance(algorithm, params),
         )
         return self._finish(result)
+
+    def keep_sketch(self, state: Any) -> dict:
+        """A single pass's sketches as result arrays (tall orientation, float64): Y like a
+        tall factor (NumPy when small, else chunked Zarr, never gathered), X, Z, E."""
+        rows = self.engine.plan.tall_chunks[0][0]
+        return {
+            "sketch_y": factor(state.y, np.float64, rows, limit=self._limit),
+            "sketch_x": state.x,
+            "sketch_z": state.z,
+            "sketch_e": state.e,
+        }
 
     @property
     def _limit(self) -> int:

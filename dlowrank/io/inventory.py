@@ -96,15 +96,7 @@ def fingerprint_listing(files: dict[str, dict]) -> str:
     """A digest of a store listing: each file's name, size, and ETag or time."""
     digest = hashlib.sha256()
     for name, info in sorted(files.items()):
-        stamp = (
-            info.get("ETag")
-            or info.get("etag")
-            or info.get("mtime")
-            or info.get("LastModified")
-            or info.get("created")
-            or ""
-        )
-        digest.update(f"{name}|{info.get('size')}|{stamp}\n".encode())
+        digest.update(f"{name}|{_stamp(info)}\n".encode())
     return digest.hexdigest()[:32]
 
 
@@ -145,3 +137,37 @@ def source_url(source: Any) -> str | None:
     if root is not None:
         return os.path.join(str(root), array.path) if array.path else str(root)
     return None
+
+
+def _stamp(info: dict) -> str:
+    stamp = (
+        info.get("ETag")
+        or info.get("etag")
+        or info.get("mtime")
+        or info.get("LastModified")
+        or info.get("created")
+        or ""
+    )
+    return f"{info.get('size')}|{stamp}"
+
+
+def chunk_files(url: str, storage_options: dict | None) -> tuple[dict[str, str], tuple, str, str]:
+    """The stored chunk files of the array at ``url``: ({key: "size|time or ETag"}, the
+    shape of a file's chunk, the key prefix, the separator). An update compares the stamps
+    to know that the chunks it does not read are the ones an earlier result saw."""
+    import json
+
+    from dlowrank.io.matrix import filesystem
+
+    path, files = _listing(url, storage_options)
+    fs, _ = filesystem(url, storage_options)
+    name = "zarr.json" if "zarr.json" in files else ".zarray"
+    meta = json.loads(fs.cat_file(f"{path}/{name}"))
+    grid, prefix, sep = chunk_layout(meta)
+    if meta.get("zarr_format") == 3:
+        chunk = [int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+    else:
+        chunk = [int(c) for c in meta["chunks"]]
+    keys = {prefix + sep.join(map(str, i)) for i in itertools.product(*(range(g) for g in grid))}
+    stamps = {k: _stamp(info) for k, info in files.items() if k in keys}
+    return stamps, tuple(chunk), prefix, sep

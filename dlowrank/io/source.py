@@ -159,6 +159,72 @@ class DaskSource:
         return dask.delayed(np.block)(grid)
 
 
+@dataclass(frozen=True)
+class Window:
+    """The rectangle ``[r0:r0 + m, c0:c0 + n]`` of another source (``origin`` = (r0, c0),
+    on the base's chunk boundaries), read by the same means. The pass engine gives the
+    kernels A's global indices (the window's plus ``origin``), so test matrices are the
+    whole matrix's: an update reads only the window of new entries."""
+
+    base: Any
+    origin: tuple[int, int]
+    shape: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        for axis in (0, 1):
+            edges = np.cumsum((0,) + tuple(self.base.chunks[axis]))
+            start, stop = self.origin[axis], self.origin[axis] + self.shape[axis]
+            if start not in edges or stop > edges[-1]:
+                raise ValueError(
+                    f"window {self.origin} + {self.shape} is not on the chunk "
+                    f"boundaries of a {tuple(self.base.shape)} source"
+                )
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def sparse(self) -> bool:
+        return self.base.sparse
+
+    @property
+    def url(self) -> str | None:
+        return getattr(self.base, "url", None)
+
+    @property
+    def storage_options(self) -> dict | None:
+        return getattr(self.base, "storage_options", None)
+
+    @property
+    def array(self) -> Any:
+        return getattr(self.base, "array", None)
+
+    @functools.cached_property
+    def chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        out = []
+        for axis in (0, 1):
+            edges = np.cumsum((0,) + tuple(self.base.chunks[axis]))
+            start, stop = self.origin[axis], self.origin[axis] + self.shape[axis]
+            inner = [int(e) for e in edges if start < e < stop]
+            bounds = [start, *inner, stop]
+            out.append(tuple(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)))
+        return out[0], out[1]
+
+    def _shift(self, rect: Rect) -> Rect:
+        r0, r1, c0, c1 = rect
+        dr, dc = self.origin
+        return r0 + dr, r1 + dr, c0 + dc, c1 + dc
+
+    def read(self, rect: Rect) -> Any:
+        return self.base.read(self._shift(rect))
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "delayed_block" and hasattr(self.base, "delayed_block"):
+            return lambda rect: self.base.delayed_block(self._shift(rect))
+        raise AttributeError(name)
+
+
 def open_source(a: Any, *, name: str = "a", storage_options: dict | None = None) -> Any:
     """Validate ``a`` and choose how passes read it (self-reading whenever it is Zarr):
     a URL or path (a Zarr array or a ratings group), a zarr.Array, a Dask or NumPy

@@ -137,6 +137,42 @@ def three_sketch(block, rows, cols, seed, m, right, k, d) -> dict:
     return {"sums": sums, "rows": {"y": ar[:, :k]}, "cols": out_cols}
 
 
+def grown_sketch(block, rows, cols, seed, m, right, k, d, old, check) -> dict:
+    """One chunk's share of the sketches of the entries outside the covered part
+    ``old`` = (m0, n0) of a grown matrix (that part's entries count as zeros: every
+    sketch is linear in A, so the grown matrix's sketches are the covered part's,
+    zero-padded, plus these). With ``check`` the covered entries of the piece are
+    projected too, as the stored sketches saw them: ``y0`` = A[rows, :n0] Omega[:n0]
+    for rows below m0, and ``x0`` = Upsilon[:, :m0] A[:m0, cols] for columns below n0;
+    an update compares them with the stored rows of Y and columns of X, so a chunk
+    rewritten by an append is still checked to hold the old entries unchanged
+    (``check`` = (rows, columns)). ``f2`` sums ||.||_F^2 of the new entries."""
+    a = _f64(block)
+    m0, n0 = old
+    rr = max(0, min(rows[1], m0) - rows[0])  # rows of the piece inside the covered part
+    cc = max(0, min(cols[1], n0) - cols[0])
+    out: dict = {"sums": {}, "rows": {}, "cols": {}}
+    if check[0]:
+        y0 = np.zeros((a.shape[0], k))
+        if rr and cc:
+            y0[:rr] = a[:rr, :cc] @ right[cols[0] : cols[0] + cc, :k]
+        out["rows"]["y0"] = y0
+    if check[1]:
+        x0 = np.zeros((k, a.shape[1]))
+        if rr and cc:
+            up = _test_rows(seed, random.Stream.SKETCH_UPSILON, m, k + d, (rows[0], rows[0] + rr))
+            x0[:, :cc] = up[:, :k].T @ a[:rr, :cc]
+        out["cols"]["x0"] = x0
+    if rr and cc:
+        a = a.copy() if a is block else a
+        a[:rr, :cc] = 0.0
+    new = three_sketch(a, rows, cols, seed, m, right, k, d)
+    for part in ("sums", "rows", "cols"):
+        out[part].update(new[part])
+    out["sums"]["f2"] = fro2(a)  # ||A||_F^2 of the new entries only
+    return out
+
+
 def nystrom_sketch(block, rows, cols, seed, n, k, d) -> dict:
     """One chunk's share of Y = A Omega (n, k) and the error sketch Theta A."""
     a = _f64(block)
@@ -306,6 +342,7 @@ for _kernel in (
     apply_block,
     adjoint_block,
     three_sketch,
+    grown_sketch,
     nystrom_sketch,
     residual,
 ):
