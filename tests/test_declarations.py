@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import dlowrank
 from dlowrank.app.cli import main
-from dlowrank.app.jobs import COMMANDS, INPUT, OUTPUT, RUNTIME, JobConfig
+from dlowrank.app.jobs import COMMANDS, GROWTH, INPUT, OUTPUT, RUNTIME, JobConfig
 from dlowrank.factorization import FUNCTIONS as FACTORIZATIONS
 from dlowrank.streaming import FUNCTIONS as STREAMING
 
@@ -78,7 +78,7 @@ def test_the_run_command_overrides_exactly_the_shared_options():
     flags = {
         opt for p in main.commands["run"].params if isinstance(p, click.Option) for opt in p.opts
     }
-    shared = {o.flag for o in INPUT + OUTPUT + RUNTIME}
+    shared = {o.flag for o in INPUT + OUTPUT + GROWTH + RUNTIME}  # GROWTH: svd's schedule
     assert shared <= flags
     assert flags - shared == {"--dry-run", "--json", "--quiet", "-q"}
 

@@ -180,3 +180,25 @@ def test_update_on_the_command_line_replaces_the_result_in_place(tmp_path):
         warnings.simplefilter("ignore", DlowrankWarning)
         fresh = dlowrank.sketch_svd(path, 3, seed=SEED)
     assert _rel_diff(dlowrank.load(out), fresh) < 1e-10
+
+
+def test_a_job_with_update_extends_its_result_each_night_and_recomputes_on_demand(tmp_path):
+    from dlowrank.app.jobs import JobConfig, run_job
+
+    a = _matrix((600, 70), seed=9)
+    path = _store(str(tmp_path / "a.zarr"), a[:400], (100, 35))
+    out = str(tmp_path / "r.zarr")
+    job = {"command": "svd", "input": path, "out": out, "rank": 3, "seed": SEED}
+    nightly = JobConfig.from_dict({**job, "update": True, "workers": 0})
+    assert run_job(nightly).status == "done"  # the first night computes it
+    dlowrank.append(path, a[400:530])
+    done = run_job(nightly)
+    assert done.summary["update"]["from"] == [400, 70] and done.summary["passes"] == 1
+    assert run_job(nightly).status == "already done"  # nothing appended since
+    r = dlowrank.load(out)
+    assert r.params["sketch"]["updates"] == 1 and _rel_diff(r, _fresh(path, r)) < 1e-10
+    weekly = JobConfig.from_dict({**job, "update": True, "recompute": True, "workers": 0})
+    assert run_job(weekly).status == "done"
+    assert dlowrank.load(out).params["sketch"]["updates"] == 0
+    with pytest.raises(dlowrank.errors.ParameterError, match="update implies 1"):
+        run_job(JobConfig.from_dict({**job, "update": True, "passes": 2}))

@@ -727,7 +727,7 @@ main.add_command(
 
 
 def _run_command() -> click.Command:
-    from dlowrank.app.jobs import INPUT, OUTPUT, RUNTIME, load_job_file
+    from dlowrank.app.jobs import GROWTH, INPUT, OUTPUT, RUNTIME, load_job_file
 
     def callback(job_file: str, dry_run: bool, as_json: bool, quiet: bool, **flags: Any) -> None:
         overrides = {k: v for k, v in flags.items() if v is not None}
@@ -740,7 +740,11 @@ def _run_command() -> click.Command:
         ),
         click.Option(["--json", "as_json"], is_flag=True, help="Print a one-line JSON summary."),
         click.Option(["--quiet", "-q"], is_flag=True, help="No progress output."),
-        *[flag for o in INPUT + OUTPUT + RUNTIME for flag in _click_option(o, override=True)],
+        *[
+            flag
+            for o in INPUT + OUTPUT + GROWTH + RUNTIME
+            for flag in _click_option(o, override=True)
+        ],
     ]
     return click.Command(
         "run",

@@ -105,6 +105,24 @@ PASSES = replace(
     help="Reads of A: 1 the single-pass sketch (sketch_svd); 2 (default) one power "
     "iteration at twice the width; k >= 3: k - 1 power iterations.",
 )
+#: A scheduled job on a growing matrix (svd only): update the result, or start over.
+GROWTH = [
+    _run_param(
+        "update",
+        bool,
+        False,
+        "Keep the single pass's sketches with the result (--passes 1 --keep-sketch), and "
+        "when OUT already holds such a result of the input's leading rows and columns, "
+        "extend it by reading only the rows and columns appended since (replacing OUT).",
+    ),
+    _run_param(
+        "recompute",
+        bool,
+        False,
+        "With --update: compute the result from the whole input afresh, replacing OUT "
+        "(a weekly recompute; or after the covered part of the input changed).",
+    ),
+]
 PLOT = _run_param(
     "plot", str, None, "Write a scree and cumulative-energy plot (PNG) here.", path=True
 )
@@ -137,7 +155,7 @@ def _command(*own: Param) -> list[Param]:
 
 #: Each command's options, derived from the declarations of the functions it calls.
 COMMANDS: dict[str, list[Param]] = {
-    "svd": _command(PASSES, *_options(RANDOMIZED_SVD, SKETCH_SVD)),
+    "svd": _command(PASSES, *GROWTH, *_options(RANDOMIZED_SVD, SKETCH_SVD)),
     "factorize": _command(*_options(FACTORIZE)),
     "nmf": _command(*_options(NMF)),
     "spectrum": _command(
@@ -386,10 +404,14 @@ def preflight(cfg: JobConfig) -> Plan:
     source = open_source(cfg.input, storage_options=so)  # validates the input's metadata
     _check_params(cfg, source)
     fp = fingerprint(source)
-    if cfg.out is not None and is_own_result(cfg.out, so) and _already_done(cfg, fp):
+    fresh = bool(o.get("recompute"))  # a recompute runs even on an unchanged input
+    if cfg.out is not None and not fresh and is_own_result(cfg.out, so) and _already_done(cfg, fp):
         return Plan(source, fp, None, {}, True, 0)
     if cfg.out is not None:
-        overwrite = bool(o.get("overwrite"))
+        # an update job replaces its own result (extended, or recomputed)
+        overwrite = bool(o.get("overwrite")) or (
+            bool(o.get("update")) and is_own_result(cfg.out, so)
+        )
         check_output(cfg.out, overwrite=overwrite, inputs=[cfg.input], storage_options=so)
     if cfg.command == "spectrum" and o.get("plot"):
         check_scratch(o["plot"], inputs=[cfg.input, cfg.out], what="plot", flag="--plot")
@@ -574,7 +596,8 @@ def _target(cfg: JobConfig) -> tuple[Callable, Spec, dict]:
     from dlowrank.streaming import randomized_svd, sketch_svd
 
     o = cfg.options
-    single = cfg.command == "svd" and o.get("passes") == 1
+    growing = cfg.command == "svd" and bool(o.get("update"))
+    single = cfg.command == "svd" and (o.get("passes") == 1 or growing)
     fn, spec = {
         "factorize": (factorize, FACTORIZE),
         "nmf": (nmf, NMF),
@@ -582,6 +605,8 @@ def _target(cfg: JobConfig) -> tuple[Callable, Spec, dict]:
         "svd": (sketch_svd, SKETCH_SVD) if single else (randomized_svd, RANDOMIZED_SVD),
     }[cfg.command]
     kwargs = {k: o[k] for k in spec.names if o.get(k) is not None}
+    if growing:
+        kwargs["keep_sketch"] = True
     return fn, spec, kwargs
 
 
@@ -589,7 +614,14 @@ def _check_params(cfg: JobConfig, source: Any) -> None:
     """The function's own rules against the input (shape, kind), before any work: the
     same declaration and checks the function applies when it runs."""
     o = cfg.options
-    if cfg.command == "svd" and o.get("passes") == 1:
+    if o.get("recompute") and not o.get("update"):
+        raise ParameterError("`recompute` goes with `update` (a job on a growing matrix)")
+    if o.get("update") and o.get("passes") not in (None, 1):
+        raise ParameterError(
+            f"`update` extends the single pass's result; got passes {o['passes']}: drop "
+            "passes (update implies 1), or drop update"
+        )
+    if cfg.command == "svd" and (o.get("passes") == 1 or o.get("update")):
         for key in ("max_error", "n_power_iter"):
             if o.get(key) is not None:
                 raise ParameterError(
@@ -605,7 +637,7 @@ def _call(cfg: JobConfig, **runtime: Any) -> Any:
     return fn(cfg.input, **{**kwargs, **runtime})
 
 
-def _publish(result: Any, cfg: JobConfig, fp: str) -> Any:
+def _publish(result: Any, cfg: JobConfig, fp: str, overwrite: bool | None = None) -> Any:
     from dataclasses import replace
 
     result = replace(
@@ -615,7 +647,7 @@ def _publish(result: Any, cfg: JobConfig, fp: str) -> Any:
     )
     result.save(
         cfg.out,
-        overwrite=bool(cfg.options.get("overwrite")),
+        overwrite=bool(cfg.options.get("overwrite")) if overwrite is None else overwrite,
         storage_options=cfg.options.get("storage_options"),
     )
     return result
@@ -635,8 +667,43 @@ def _summary(result: Any, cfg: JobConfig) -> dict:
 
 
 def _run_svd(cfg, client, ckpt, progress, fp, say) -> dict:
-    result = _publish(_call(cfg, client=client, checkpoint=ckpt, progress=progress), cfg, fp)
-    return _summary(result, cfg)
+    previous = _updatable(cfg)
+    if previous is not None:
+        from dlowrank.updates import update
+
+        o = cfg.options
+        result = update(
+            previous,
+            cfg.input,
+            client=client,
+            progress=progress,
+            storage_options=o.get("storage_options"),
+            timeout=o.get("timeout"),
+            memory=o.get("memory"),
+        )
+        info = result.params["update"]
+        say(
+            f"updated {cfg.out}: {info['from'][0]} x {info['from'][1]} -> {info['to'][0]} x "
+            f"{info['to'][1]}, read {100 * info['fraction_read']:.1f} % of the input"
+        )
+        result = _publish(result, cfg, fp, overwrite=True)
+        return {**_summary(result, cfg), "update": info}
+    overwrite = bool(cfg.options.get("recompute")) or None
+    result = _call(cfg, client=client, checkpoint=ckpt, progress=progress)
+    return _summary(_publish(result, cfg, fp, overwrite=overwrite), cfg)
+
+
+def _updatable(cfg: JobConfig) -> Any:
+    """The result at OUT that an ``update`` job extends (None: compute afresh)."""
+    from dlowrank.io.store import is_own_result
+    from dlowrank.results import load
+
+    o = cfg.options
+    so = o.get("storage_options")
+    if not o.get("update") or o.get("recompute") or not is_own_result(cfg.out, so):
+        return None
+    result = load(cfg.out, storage_options=so)
+    return result if getattr(result, "updatable", False) else None
 
 
 def _run_spectrum(cfg, client, ckpt, progress, fp, say) -> dict:
