@@ -196,3 +196,35 @@ def test_recipes_parse_and_name_only_existing_dask_options():
                 if flag in ("--name",) and cmd == "worker":
                     continue
                 assert flag in helps[cmd], f"{path.name}: dask {cmd} has no {flag}"
+
+
+def test_the_growing_matrix_recipes_run_one_valid_job_nightly_and_weekly():
+    """cluster/growing: the job file is a valid update job, and every scheduler entry runs
+    it with flags the run command has (the weekly one with --recompute)."""
+    import re
+    import shlex
+
+    import click
+
+    from dlowrank.app.cli import main
+    from dlowrank.app.jobs import load_job_file
+
+    folder = CLUSTER / "growing"
+    job = load_job_file(str(folder / "job.yaml"))
+    assert job.command == "svd" and job.options["update"] is True
+    assert load_job_file(str(folder / "job.yaml"), overrides={"recompute": True}).options[
+        "recompute"
+    ]
+    flags = {o for p in main.commands["run"].params if isinstance(p, click.Option) for o in p.opts}
+    lines = []
+    for name in ("crontab", "dlowrank-update.service", "dlowrank-recompute.service"):
+        lines += re.findall(r"dlowrank run (\S+)([^\n]*)", (folder / name).read_text())
+    for doc in yaml.safe_load_all((folder / "cronjob.yaml").read_text()):
+        args = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+        lines.append((args[2], " ".join(args[3:])))
+    assert len(lines) == 6
+    for path, rest in lines:
+        assert path.endswith("job.yaml")
+        given = [w for w in shlex.split(rest) if w.startswith("--")]
+        assert set(given) <= flags, given
+    assert sum("--recompute" in rest for _, rest in lines) == 3  # the weekly ones
