@@ -10,6 +10,7 @@ derive from the same declarations.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -86,6 +87,15 @@ MAX_ERROR = Param(
 MAX_RANK = Param(
     "max_rank", int, None, "Largest rank tried with max_error.", hint=" in [1, min(a.shape)]"
 )
+START = Param(
+    "start",
+    "object",
+    None,
+    "A warm start: a previous SVDResult of this matrix before it grew (or its path). Its "
+    "right factor replaces the first columns of the random test matrix, so fewer passes "
+    "reach the same error; passes=1 is then allowed (one read: Y = A X and A^T Y).",
+    role="api",
+)
 SYMMETRIC = Param("symmetric", bool, False, "Symmetric input: eigen-decomposition form.")
 SKETCH_SIZE = Param(
     "sketch_size",
@@ -126,7 +136,10 @@ def _check_rsvd(v: dict, source: Any) -> dict:
         )
     if v["symmetric"] and shape[0] != shape[1]:
         raise InputError(f"`symmetric=True` needs a square matrix; got shape {tuple(shape)}")
-    q, widen = _power_and_width(v["passes"], v["n_power_iter"])
+    start = v.get("start")
+    if start is not None:
+        start = {k: w for k, w in _start_factor(start, shape).items() if k != "factor"}
+    q, widen = _power_and_width(v["passes"], v["n_power_iter"], warm=start is not None)
     return {
         "rank": rank,
         "n_power_iter": q,
@@ -135,10 +148,38 @@ def _check_rsvd(v: dict, source: Any) -> dict:
         "max_error": max_error,
         "max_rank": max_rank,
         "symmetric": v["symmetric"],
+        **({"start": start} if start is not None else {}),
     }
 
 
-def _power_and_width(passes: int | None, n_power_iter: int | None) -> tuple[int, int]:
+def _start_factor(start: Any, shape: tuple[int, int]) -> dict:
+    """A warm start's right factor in A's orientation: (n0, r) for the columns of A
+    when A is tall, (m0, r) for its rows when wide; with where it came from."""
+    from dlowrank.results import SVDResult, load
+
+    where = None
+    if isinstance(start, (str, os.PathLike)):
+        where = os.fspath(start)
+        start = load(where)
+    if not isinstance(start, SVDResult):
+        raise ParameterError(
+            "`start` must be an SVDResult or a saved one's path (a previous result of this "
+            f"matrix, before it grew); got {type(start).__name__}"
+        )
+    m0, n0 = start.u.shape[0], start.vt.shape[1]
+    if m0 > shape[0] or n0 > shape[1]:
+        raise ParameterError(
+            f"`start` is a result of a {m0} x {n0} matrix, larger than this {shape[0]} x "
+            f"{shape[1]} one: a warm start comes from the matrix before it grew"
+        )
+    wide = shape[1] > shape[0]
+    factor = np.asarray(start.u) if wide else np.asarray(start.vt).T
+    return {"factor": factor.astype(np.float64), "from": where, "shape": [m0, n0]}
+
+
+def _power_and_width(
+    passes: int | None, n_power_iter: int | None, warm: bool = False
+) -> tuple[int, int]:
     """(power iterations, width factor) from ``passes`` or ``n_power_iter``.
 
     Two passes get a sketch twice as wide: a pass costs a read of A, while widening it
@@ -147,6 +188,8 @@ def _power_and_width(passes: int | None, n_power_iter: int | None) -> tuple[int,
     real images, eigenfaces and 1/i spectra, and is within 0.07 % of the optimum of it
     on 1/sqrt(i) and flat spectra, with one read less.
     """
+    if passes == 1 and warm and n_power_iter in (None, 0):
+        return 0, 1  # a warm start's one pass: Y = A X and A^T Y in one read
     if passes == 1:
         raise ParameterError(
             "`passes` = 1 is the single-pass sketch: call dlowrank.sketch_svd(a, rank) "
@@ -207,6 +250,7 @@ RANDOMIZED_SVD = Spec(
         MAX_ERROR,
         MAX_RANK,
         SYMMETRIC,
+        START,
         LAYOUT,
         *ENGINE,
     ),
@@ -265,6 +309,7 @@ def randomized_svd(
     max_error: float | None = None,
     max_rank: int | None = None,
     symmetric: bool = False,
+    start: Any = None,
     layout: str = "auto",
     client: Any = None,
     storage_options: dict | None = None,
@@ -313,6 +358,12 @@ def randomized_svd(
     symmetric : bool, default False
         ``a`` is symmetric: return an :class:`EighResult` (eigenvalues by
         decreasing magnitude) from the Rayleigh-Ritz projection Q^T A Q.
+    start : SVDResult or path, optional
+        A warm start: a previous result of this matrix before rows or columns were
+        appended. Its right factor (``vt.T``; ``u`` for a wide matrix) replaces the
+        first columns of the test matrix (zero for the new columns, which the other,
+        Gaussian, columns reach). ``passes=1`` is then allowed: one read gives Y = A X
+        and A^T Y, and an exact error (README, "growing matrices", measures it).
     client : distributed.Client, optional
         Default: dask's current scheduler (an active distributed client is used).
     storage_options : dict, optional
@@ -385,7 +436,8 @@ def randomized_svd(
     if p["max_error"] is None:
         rank = p["rank"]
         width = min(widen * (rank + over), min(engine.tall_shape))
-        factors = _rsvd.range_sketch(engine, width, q, run.seed, need=rank)
+        warm = None if start is None else _start_factor(start, engine.source.shape)["factor"]
+        factors = _rsvd.range_sketch(engine, width, q, run.seed, need=rank, start=warm)
     else:
         factors, rank = _fixed_precision(
             engine, p["max_error"], p["max_rank"], q, over, widen, run.seed

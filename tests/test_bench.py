@@ -158,3 +158,26 @@ def test_one_method_in_its_own_process(tmp_path):
     assert default["passes"] == 2 and q2["passes"] == 3
     assert default["rel_error"] <= q2["rel_error"] * 1.001 and default["tree_peak_mb"] > 0
     assert run_one(path, "read")["passes"] == 1
+
+
+def test_growing_suite_times_the_update_and_warm_starts(tmp_path):
+    from dlowrank.app.bench_growing import (
+        WARM_CHOICES,
+        format_growing,
+        format_warm,
+        run_growing_bench,
+        run_warm_bench,
+    )
+
+    res = run_growing_bench(
+        shape=(3000, 200), chunks=(500, 100), rank=5, workdir=str(tmp_path), say=lambda x: None
+    )
+    assert [r["fraction_read"] for r in res["rows"]] == [pytest.approx(300 / 3300), 1.0]
+    assert res["rel_diff"] < 1e-10 and res["equal_after_reload"] < 1e-10
+    assert "faster" in format_growing(res)
+    rows = run_warm_bench(rank=5, seeds=1, scale=0.02, say=lambda x: None)
+    assert len(rows) == 6
+    for row in rows:
+        assert all(row[label]["ratio"] >= 1 - 1e-9 for label, _ in WARM_CHOICES)
+        assert row["warm, 1 pass"]["passes"] == [1] and row["warm, 2 passes"]["passes"] == [2]
+    assert "warm, 1 pass" in format_warm(rows)

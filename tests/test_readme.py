@@ -34,6 +34,8 @@ assert isinstance(tall.u, dask.array.Array) and isinstance(back.u, dask.array.Ar
 assert isinstance(in_memory.u, numpy.ndarray) and tall.u.chunksize == (50_000, 10)
 assert isinstance(direct.u, dask.array.Array) and direct.u.name.startswith("from-zarr")
 assert numpy.array_equal(direct.s, in_memory.s) and direct.peak_memory_mb > 0
+assert grown.params["update"]["from"] == [5000, 300] and grown.u.shape == (5500, 20)
+assert abs(grown.params["update"]["fraction_read"] - 500 / 5500) < 1e-12
 print("README snippets ran")
 """
     script = tmp_path / "readme_snippets.py"

@@ -202,3 +202,27 @@ def test_a_job_with_update_extends_its_result_each_night_and_recomputes_on_deman
     assert dlowrank.load(out).params["sketch"]["updates"] == 0
     with pytest.raises(dlowrank.errors.ParameterError, match="update implies 1"):
         run_job(JobConfig.from_dict({**job, "update": True, "passes": 2}))
+
+
+def test_a_warm_start_reaches_the_cold_three_pass_error_in_fewer_passes(tmp_path):
+    t = dlowrank.make_matrix((4400, 300), 100, decay=0.9, noise=1e-3, chunks=(4400, 300), seed=1)
+    a = t.array.compute()
+    before = dlowrank.randomized_svd(a[:4000], 10, passes=3, seed=0)
+    cold = dlowrank.randomized_svd(a, 10, passes=3, seed=1)
+    one = dlowrank.randomized_svd(a, 10, passes=1, start=before, seed=1)
+    assert (cold.passes, one.passes) == (3, 1)
+    assert one.rel_error <= cold.rel_error * 1.001
+    assert one.params["start"] == {"from": None, "shape": [4000, 300]}
+    path = str(tmp_path / "before.zarr")
+    before.save(path)
+    two = dlowrank.randomized_svd(a, 10, passes=2, start=path, seed=1)  # by its path
+    assert two.passes == 2 and two.rel_error <= one.rel_error * (1 + 1e-9)
+    assert two.params["start"]["from"] == path
+    # new columns: the start covers the old ones, the Gaussian columns reach the others
+    wider = dlowrank.randomized_svd(a[:, :270], 10, passes=3, seed=0)
+    grown = dlowrank.randomized_svd(a, 10, passes=2, start=wider, seed=1)
+    assert grown.rel_error <= cold.rel_error * 1.001
+    with pytest.raises(dlowrank.errors.ParameterError, match="single-pass sketch"):
+        dlowrank.randomized_svd(a, 10, passes=1)
+    with pytest.raises(dlowrank.errors.ParameterError, match="larger than this 4000 x 300"):
+        dlowrank.randomized_svd(a[:4000], 10, start=cold)

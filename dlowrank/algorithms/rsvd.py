@@ -97,13 +97,21 @@ def range_sketch(
     n_power_iter: int,
     seed: np.random.SeedSequence,
     need: int | None = None,
+    start: np.ndarray | None = None,
 ) -> Factors:
     """Q (m, <= width) and B = Q^T A in q + 1 passes (q + 2, or 2q + 2 in block layout).
-    ``need``: the fewest columns Q may keep when Y is rank-deficient (default width)."""
+    ``need``: the fewest columns Q may keep when Y is rank-deficient (default width).
+    ``start``: a warm start, (n0, r) with n0 <= n (a previous result's right factor, tall
+    orientation): it replaces the first r columns of Omega, zero in the rows of columns
+    added since (the remaining Gaussian columns reach those)."""
     m, n = engine.tall_shape
     omega = random.gaussian_rows(
         seed.entropy, tuple(seed.spawn_key), random.Stream.RSVD_OMEGA, n, width, 0, n
     )
+    if start is not None:
+        r0 = min(start.shape[1], width)
+        omega[:, :r0] = 0.0
+        omega[: start.shape[0], :r0] = start[:, :r0]
     x = _power_iterations(engine, orthonormalize(omega), n_power_iter)
     if engine.layout == "panel":
         q, b = _final_panel(engine, x, width if need is None else need)

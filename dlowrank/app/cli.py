@@ -397,7 +397,9 @@ def _show(result: dict, as_json: bool, fmt: Any) -> None:
 @click.option("--workdir", default=None, help="Where to generate the matrix (default: temp).")
 @click.option(
     "--suite",
-    type=click.Choice(["svd", "factorization", "throughput", "memory", "tall", "passes"]),
+    type=click.Choice(
+        ["svd", "factorization", "throughput", "memory", "tall", "passes", "growing"]
+    ),
     default="svd",
     show_default=True,
     help="Which comparison to run.",
@@ -430,7 +432,8 @@ def _show(result: dict, as_json: bool, fmt: Any) -> None:
     type=float,
     default=1.0,
     show_default=True,
-    help="Factorization and passes suites: shrink the data sets by this factor (tests use 0.02).",
+    help="Factorization, passes and growing suites: shrink the data sets by this factor "
+    "(tests use 0.02).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as one JSON line.")
 def bench(
@@ -459,7 +462,10 @@ def bench(
     --suite tall runs svd, svd --passes 1, factorize and nmf on a tall matrix under
     --cap MB, cold, with a bare read pass, true errors and U's orthonormality;
     --suite passes measures the error of each pass choice on real images, eigenfaces
-    and slow and flat spectra (--rank, default 20).
+    and slow and flat spectra (--rank, default 20);
+    --suite growing grows the bench matrix (--shape) by 10 % of its rows and times
+    dlowrank update against sketch_svd of the grown matrix, then measures warm-started
+    randomized_svd against cold runs on matrices grown by 10 % (--scale shrinks them).
     """
     from dlowrank.app.bench import format_table, rows_to_dicts, run_bench
 
@@ -517,6 +523,25 @@ def bench(
             _emit_json({"rows": rows})
         else:
             click.echo(format_passes(rows))
+        return
+    if suite == "growing":
+        from dlowrank.app.bench_growing import (
+            format_growing,
+            format_warm,
+            run_growing_bench,
+            run_warm_bench,
+        )
+
+        given = _given("shape", "chunks", "rank")
+        result = run_growing_bench(
+            shape=tuple(shape) if given["shape"] else (100_000, 4_000),
+            chunks=tuple(chunks) if given["chunks"] else (10_000, 2_000),
+            rank=rank if given["rank"] else 20,
+            workdir=workdir,
+            say=say,
+        )
+        result["warm"] = run_warm_bench(rank=rank if given["rank"] else 20, scale=scale, say=say)
+        _show(result, as_json, lambda r: format_growing(r) + "\n\n" + format_warm(r["warm"]))
         return
     if suite == "factorization":
         from dlowrank.app.bench_factor import format_factorization, run_factorization_bench

@@ -123,6 +123,15 @@ GROWTH = [
         "(a weekly recompute; or after the covered part of the input changed).",
     ),
 ]
+START = Param(
+    "start",
+    str,
+    None,
+    "Warm start from a previous result (a path or URL) of this matrix before it grew: "
+    "fewer passes reach the same error; --passes 1 is then one read of the multi-pass "
+    "algorithm, with an exact error.",
+    path=True,
+)
 PLOT = _run_param(
     "plot", str, None, "Write a scree and cumulative-energy plot (PNG) here.", path=True
 )
@@ -155,7 +164,7 @@ def _command(*own: Param) -> list[Param]:
 
 #: Each command's options, derived from the declarations of the functions it calls.
 COMMANDS: dict[str, list[Param]] = {
-    "svd": _command(PASSES, *GROWTH, *_options(RANDOMIZED_SVD, SKETCH_SVD)),
+    "svd": _command(PASSES, *GROWTH, START, *_options(RANDOMIZED_SVD, SKETCH_SVD)),
     "factorize": _command(*_options(FACTORIZE)),
     "nmf": _command(*_options(NMF)),
     "spectrum": _command(
@@ -597,7 +606,8 @@ def _target(cfg: JobConfig) -> tuple[Callable, Spec, dict]:
 
     o = cfg.options
     growing = cfg.command == "svd" and bool(o.get("update"))
-    single = cfg.command == "svd" and (o.get("passes") == 1 or growing)
+    warm = o.get("start") is not None
+    single = cfg.command == "svd" and ((o.get("passes") == 1 and not warm) or growing)
     fn, spec = {
         "factorize": (factorize, FACTORIZE),
         "nmf": (nmf, NMF),
@@ -621,7 +631,13 @@ def _check_params(cfg: JobConfig, source: Any) -> None:
             f"`update` extends the single pass's result; got passes {o['passes']}: drop "
             "passes (update implies 1), or drop update"
         )
-    if cfg.command == "svd" and (o.get("passes") == 1 or o.get("update")):
+    if o.get("update") and o.get("start") is not None:
+        raise ParameterError(
+            "`start` warm-starts the multi-pass algorithm and `update` extends the single "
+            "pass's result: give one of them"
+        )
+    single = o.get("passes") == 1 and o.get("start") is None
+    if cfg.command == "svd" and (single or o.get("update")):
         for key in ("max_error", "n_power_iter"):
             if o.get(key) is not None:
                 raise ParameterError(
