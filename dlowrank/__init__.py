@@ -37,6 +37,8 @@ from dlowrank.updates import append, update  # noqa: E402
 
 __all__ = [
     "EighResult",
+    "NMF",
+    "TruncatedSVD",
     "FactorizationResult",
     "SVDResult",
     "TestMatrix",
@@ -65,3 +67,22 @@ __all__ = [
     "svt",
     "update",
 ]
+
+
+#: scikit-learn estimators, imported on first use (scikit-learn is an optional extra).
+_ESTIMATORS = ("NMF", "TruncatedSVD")
+
+
+def __getattr__(name: str):
+    if name in _ESTIMATORS:
+        try:
+            from dlowrank import estimators
+        except ImportError as exc:
+            from dlowrank.errors import BackendError
+
+            raise BackendError(
+                f"dlowrank.{name} is a scikit-learn estimator and needs scikit-learn: "
+                'pip install "dlowrank[sklearn]"'
+            ) from exc
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'dlowrank' has no attribute {name!r}")

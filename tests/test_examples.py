@@ -105,3 +105,11 @@ def test_an_example_offers_out_only_when_it_writes_a_figure():
         )
         assert helped.returncode == 0
         assert ("--out" in helped.stdout) == writes, script.name
+
+
+def test_sklearn_pipeline_grid_search_picks_a_rank():
+    text = run("sklearn_pipeline", None)
+    scores = [float(s) for s in re.findall(r"cross-validated accuracy ([\d.]+)", text)]
+    assert len(scores) == 2 and scores[1] > scores[0] > 0.5
+    best = re.search(r"best n_components (\d+): test accuracy ([\d.]+)", text)
+    assert best and int(best.group(1)) == 16 and float(best.group(2)) > 0.85

@@ -1,0 +1,327 @@
+"""scikit-learn estimators over dlowrank's streaming functions.
+
+``TruncatedSVD`` and ``NMF`` take scikit-learn's parameter names where they mean the
+same thing (``n_components``, ``random_state``, ``n_iter``, ``max_iter``, ``tol``) and
+dlowrank's own pass controls besides. ``fit`` takes a NumPy array (validated as
+scikit-learn does), a dask array, a ``zarr.Array`` or a Zarr path; the large inputs
+are streamed, never loaded, and ``transform`` of one is lazy (or written to Zarr with
+``out=``). Fitted attributes follow scikit-learn's, plus ``rel_error_`` (the
+result's relative Frobenius error) and ``n_passes_`` (reads of the input).
+
+Needs scikit-learn (``pip install "dlowrank[sklearn]"``).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+
+def _is_large(x: Any) -> bool:
+    """A dask array, a zarr.Array or a path: streamed by dlowrank, not validated in memory."""
+    import dask.array as da
+    import zarr
+
+    return isinstance(x, (da.Array, zarr.Array, str, os.PathLike))
+
+
+def _seed(random_state: Any) -> int | None:
+    """scikit-learn's random_state as dlowrank's seed: an int as it is, a RandomState
+    draws one, None stays None (fresh entropy)."""
+    if random_state is None:
+        return None
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def _lazy(x: Any) -> Any:
+    """A large input as a dask array (a path or zarr.Array opened, validated)."""
+    import dask.array as da
+
+    from dlowrank.io.matrix import open_matrix
+
+    return x if isinstance(x, da.Array) else open_matrix(x)
+
+
+def _save(x: Any, out: Any) -> Any:
+    """A lazy array written to Zarr at ``out`` by its own tasks (one read of what it
+    depends on); returns it read back lazily from there."""
+    import dask.array as da
+
+    x.to_zarr(os.fspath(out), overwrite=False)
+    return da.from_zarr(os.fspath(out))
+
+
+class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Dimensionality reduction by a truncated SVD, streamed over the input (no centering:
+    like scikit-learn's ``TruncatedSVD``, and suited to sparse or uncentered data).
+
+    Parameters
+    ----------
+    n_components : int, default 2
+        Rank of the approximation, in [1, min(n_samples, n_features)].
+    passes : int, optional
+        Reads of the input (see :func:`dlowrank.randomized_svd`); default 2 (one
+        power iteration at twice the width), or ``n_iter`` + 1 when ``n_iter`` is
+        given.
+    n_iter : int, optional
+        Power iterations (scikit-learn's name); give ``passes`` or ``n_iter``.
+    n_oversamples : int, default 10
+    random_state : int, RandomState instance or None, default None
+    client : distributed.Client, optional
+        Run on this cluster; default dask's current scheduler.
+
+    Attributes
+    ----------
+    components_ : ndarray (n_components, n_features)
+    singular_values_ : ndarray (n_components,)
+    explained_variance_, explained_variance_ratio_ : ndarray (n_components,)
+        Variance of each transformed column, and its share of the input's total
+        (column) variance. For a large input the total costs one more read (counted in
+        ``n_passes_``).
+    n_features_in_ : int
+    rel_error_ : float
+        ||X - U S V^T||_F / ||X||_F, exact.
+    n_passes_ : int
+        Reads of the input by ``fit``.
+    result_ : SVDResult
+    """
+
+    def __init__(
+        self,
+        n_components: int = 2,
+        *,
+        passes: int | None = None,
+        n_iter: int | None = None,
+        n_oversamples: int = 10,
+        random_state: Any = None,
+        client: Any = None,
+    ) -> None:
+        self.n_components = n_components
+        self.passes = passes
+        self.n_iter = n_iter
+        self.n_oversamples = n_oversamples
+        self.random_state = random_state
+        self.client = client
+
+    def fit(self, X: Any, y: Any = None) -> TruncatedSVD:
+        self.fit_transform(X)
+        return self
+
+    def fit_transform(self, X: Any, y: Any = None) -> Any:
+        from dlowrank.streaming import randomized_svd
+
+        large = _is_large(X)
+        if not large:
+            X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        else:
+            X = _lazy(X)
+            self.n_features_in_ = X.shape[1]
+        r = randomized_svd(
+            X,
+            self.n_components,
+            passes=self.passes,
+            n_power_iter=self.n_iter,
+            n_oversamples=self.n_oversamples,
+            seed=_seed(self.random_state),
+            client=self.client,
+        )
+        self.result_ = r
+        self.components_ = np.asarray(r.vt)
+        self.singular_values_ = np.asarray(r.s)
+        self.rel_error_ = float(r.rel_error)
+        self.n_passes_ = int(r.passes)
+        xt = r.u * r.s  # numpy, or lazy for a tall result
+        if large:
+            import dask
+
+            var_t, total = dask.compute(xt.var(axis=0), X.var(axis=0).sum())
+            self.n_passes_ += 1
+        else:
+            var_t, total = np.var(xt, axis=0), np.var(X, axis=0).sum()
+        self.explained_variance_ = np.asarray(var_t)
+        self.explained_variance_ratio_ = (
+            self.explained_variance_ / total if total else np.zeros_like(self.explained_variance_)
+        )
+        return xt
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.components_.shape[0]
+
+    def transform(self, X: Any, out: Any = None) -> Any:
+        """X V: a NumPy array, or for a large input a lazy dask array (one streaming pass
+        when computed), written to Zarr at ``out`` when given."""
+        check_is_fitted(self)
+        if _is_large(X):
+            xt = _lazy(X) @ self.components_.T.astype(np.float64)
+            return _save(xt, out) if out is not None else xt
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return X @ self.components_.T
+
+    def inverse_transform(self, X: Any) -> Any:
+        check_is_fitted(self)
+        return np.asarray(X) @ self.components_
+
+
+class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Non-negative matrix factorization X ~ W H, streamed over the input.
+
+    Parameters
+    ----------
+    n_components : int, default 2
+    init : {"nndsvd", "random"}, default "nndsvd"
+    solver : {"hals", "mu"}, default "hals"
+    max_iter : int, default 200
+    tol : float, default 1e-4
+    weight_decay : float, default 0.0
+        L2 penalty on W and H (dlowrank's name; scikit-learn's alpha_W / alpha_H with
+        l1_ratio 0 differ in their scaling).
+    random_state : int, RandomState instance or None, default None
+    client : distributed.Client, optional
+
+    Attributes
+    ----------
+    components_ : ndarray (n_components, n_features)
+        H.
+    reconstruction_err_ : float
+        ||X - W H||_F.
+    n_iter_ : int
+    n_features_in_ : int
+    rel_error_ : float
+    n_passes_ : int
+    result_ : FactorizationResult
+    """
+
+    def __init__(
+        self,
+        n_components: int = 2,
+        *,
+        init: str = "nndsvd",
+        solver: str = "hals",
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        weight_decay: float = 0.0,
+        random_state: Any = None,
+        client: Any = None,
+    ) -> None:
+        self.n_components = n_components
+        self.init = init
+        self.solver = solver
+        self.max_iter = max_iter
+        self.tol = tol
+        self.weight_decay = weight_decay
+        self.random_state = random_state
+        self.client = client
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        return tags
+
+    def fit(self, X: Any, y: Any = None) -> NMF:
+        self.fit_transform(X)
+        return self
+
+    def fit_transform(self, X: Any, y: Any = None) -> Any:
+        from dlowrank.factorization import nmf
+
+        large = _is_large(X)
+        if not large:
+            X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+            if X.min() < 0:
+                raise ValueError(
+                    "Negative values in data passed to NMF (input X): NMF needs a "
+                    "non-negative matrix"
+                )
+        else:
+            X = _lazy(X)
+            self.n_features_in_ = X.shape[1]
+        r = nmf(
+            X,
+            self.n_components,
+            solver=self.solver,
+            init=self.init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            weight_decay=self.weight_decay,
+            seed=_seed(self.random_state) or 0,
+            client=self.client,
+        )
+        self.result_ = r
+        self.components_ = np.asarray(r.v).T
+        self.n_iter_ = int(r.n_iter)
+        self.rel_error_ = float(r.rel_error)
+        self.n_passes_ = int(r.passes)
+        if large:  # ||X||_F costs one more read
+            import dask.array as da
+
+            norm = float(da.linalg.norm(X).compute())
+            self.n_passes_ += 1
+        else:
+            norm = float(np.linalg.norm(X))
+        self.reconstruction_err_ = self.rel_error_ * norm
+        return r.u
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.components_.shape[0]
+
+    def transform(self, X: Any, out: Any = None) -> Any:
+        """W >= 0 minimizing ||X - W H||_F with H = components_ fixed: HALS sweeps per
+        row block (rows are independent), for a large input lazily, one pass."""
+        check_is_fitted(self)
+        h = self.components_.astype(np.float64)
+        if _is_large(X):
+            x = _lazy(X)
+            x = x if x.numblocks[1] == 1 else x.rechunk({1: -1})  # row panels: rows solve alone
+            w = x.map_blocks(
+                _nnls_rows,
+                h,
+                self.max_iter,
+                self.tol,
+                chunks=(x.chunks[0], (h.shape[0],)),
+                dtype=np.float64,
+            )
+            return _save(w, out) if out is not None else w
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        if X.min() < 0:
+            raise ValueError("Negative values in data passed to NMF.transform (input X)")
+        return _nnls_rows(np.asarray(X, dtype=np.float64), h, self.max_iter, self.tol)
+
+    def inverse_transform(self, X: Any) -> Any:
+        check_is_fitted(self)
+        return np.asarray(X) @ self.components_
+
+
+def _nnls_rows(x: np.ndarray, h: np.ndarray, max_iter: int, tol: float) -> np.ndarray:
+    """argmin_{W >= 0} ||x - W h||_F row by row, by HALS sweeps (exact coordinate updates)
+    from the least-squares solution clipped at 0. A row stops when a sweep changes it by
+    at most ``tol`` relative, so each row's answer is independent of the others (and of
+    how a large input is cut into blocks)."""
+    x = np.asarray(x, dtype=np.float64)
+    hht = h @ h.T
+    xht = x @ h.T
+    w = np.maximum(np.linalg.lstsq(h.T, x.T, rcond=None)[0].T, 0.0)
+    active = np.arange(w.shape[0])
+    for _ in range(max(1, max_iter)):
+        if active.size == 0:
+            break
+        part, before = w[active], w[active].copy()
+        for j in range(h.shape[0]):
+            if hht[j, j] <= 0:
+                part[:, j] = 0.0
+                continue
+            step = (xht[active, j] - part @ hht[:, j]) / hht[j, j]
+            part[:, j] = np.maximum(0.0, part[:, j] + step)
+        w[active] = part
+        change = np.linalg.norm(part - before, axis=1)
+        active = active[change > tol * np.maximum(np.linalg.norm(part, axis=1), 1e-300)]
+    return w
