@@ -137,6 +137,11 @@ def _check_rsvd(v: dict, source: Any) -> dict:
     if v["symmetric"] and shape[0] != shape[1]:
         raise InputError(f"`symmetric=True` needs a square matrix; got shape {tuple(shape)}")
     start = v.get("start")
+    if start is not None and max_error is not None:
+        raise ParameterError(
+            "`start` warm-starts a fixed-rank run; with `max_error` the sketch widens "
+            "until the error is met: give rank instead, or drop start"
+        )
     if start is not None:
         start = {k: w for k, w in _start_factor(start, shape).items() if k != "factor"}
     q, widen = _power_and_width(v["passes"], v["n_power_iter"], warm=start is not None)
@@ -558,6 +563,11 @@ def sketch_svd(
     p = run.params
     k, s = p["sketch_size"]
     d = p["n_error_sketch"]
+    stamps = None
+    if p.get("keep_sketch"):
+        from dlowrank.updates import take_stamps
+
+        stamps = take_stamps(run)
     f = _sketch.sketch(run.engine, p["rank"], k, s, d, run.seed)
     interval = {
         "rel_error_interval": [float(x) for x in f.rel_error_interval],
@@ -568,7 +578,7 @@ def sketch_svd(
     if p.get("keep_sketch"):
         from dlowrank.updates import keep_record
 
-        interval["sketch"] = keep_record(run, p["rank"], k, s, d, f.fro2)
+        interval["sketch"] = keep_record(run, p["rank"], k, s, d, f.fro2, stamps)
         extra = run.keep_sketch(f.state)
     return run.svd(
         f.u, f.s, f.vt, f.rel_error, error_kind="estimated", params=interval, extra=extra

@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import zarr
 
 from dlowrank.algorithms import sketch as _sketch
 from dlowrank.engine.passes import PassEngine
@@ -50,6 +51,9 @@ logger = logging.getLogger(__name__)
 #: A stored row of Y (or column of X) and the same projection of the chunk read again may
 #: differ by rounding only: by more than this, relative to their size, the entries changed.
 CHECK_RTOL = 1e-9
+
+#: What a refusal of a changed or incompatible input suggests.
+HINT = "; pass recompute=True (--recompute) to start over"
 
 RECOMPUTE = Param(
     "recompute",
@@ -87,16 +91,28 @@ UPDATE = Spec(
 )
 
 
-def keep_record(run: Run, rank: int, k: int, s: int, d: int, fro2: float) -> dict:
-    """What a result keeps, besides its sketches, for an update: sizes, orientation, the
-    covered shape (the input's orientation), the chunking, and each chunk file's stamp."""
+def take_stamps(run: Run) -> dict:
+    """Each chunk file's stamp, listed before the pass (after the input's fingerprint is
+    taken, so the pass's own check that the input did not change covers the stamps too),
+    and the stored files' chunk shape (shards for a sharded array)."""
     source = run.source
     url = source_url(source)
-    stamps = None
-    if url is not None:
-        from dlowrank.io.inventory import chunk_files
+    if url is None:
+        return {"stamps": None}
+    from dlowrank.io.inventory import chunk_files
 
-        stamps, _, _, _ = chunk_files(url, getattr(source, "storage_options", None))
+    run.engine.input_fingerprint  # noqa: B018 - taken first: the pass checks it
+    stamps, file_chunks, _, _ = chunk_files(url, getattr(source, "storage_options", None))
+    return {"stamps": stamps, "file_chunks": [int(c) for c in file_chunks[:2]]}
+
+
+def keep_record(
+    run: Run, rank: int, k: int, s: int, d: int, fro2: float, stamps: dict | None = None
+) -> dict:
+    """What a result keeps, besides its sketches, for an update: sizes, orientation, the
+    covered shape (the input's orientation), the chunking, and each chunk file's stamp
+    (``stamps``: :func:`take_stamps` before the pass)."""
+    source = run.source
     return {
         "rank": rank,
         "k": k,
@@ -106,7 +122,7 @@ def keep_record(run: Run, rank: int, k: int, s: int, d: int, fro2: float) -> dic
         "transpose": bool(run.engine.transpose),
         "covered": [int(x) for x in source.shape],
         "chunks": [int(source.chunks[0][0]), int(source.chunks[1][0])],
-        "stamps": stamps,
+        **(stamps or {"stamps": None}),
         "updates": 0,
     }
 
@@ -167,6 +183,10 @@ def update(
             "once with sketch_svd(a, rank, keep_sketch=True) (or a job, which keeps them)"
         )
     kept = result.params["sketch"]
+    if isinstance(a, np.ndarray):  # in memory: cut as the result's input was
+        import dask.array as da
+
+        a = da.from_array(a, chunks=tuple(kept["chunks"]))
     run = Run(UPDATE, a, **{k: v for k, v in locals().items() if k in UPDATE.names})
     m1, n1 = (int(x) for x in run.source.shape)
     m0, n0 = kept["covered"]
@@ -178,9 +198,16 @@ def update(
     if problem:
         if not recompute:
             run.engine.close()
-            raise InputError(f"{problem}; pass recompute=True (--recompute) to start over")
+            raise InputError(f"{problem}{HINT}")
         return _recompute(run, result, kept)
     if (m1, n1) == (m0, n0):
+        try:
+            _check_stamps(run, kept, (m0, n0), (m1, n1))  # no window: every file checked
+        except CoveredChanged as exc:
+            if not recompute:
+                run.engine.close()
+                raise InputError(f"{exc}{HINT}") from None
+            return _recompute(run, result, kept)
         run.engine.close()
         logger.warning(
             "nothing appended: the input is %d x %d, as the result covers; the result is unchanged",
@@ -196,7 +223,7 @@ def update(
         return _grow(run, result, kept, (m0, n0), (m1, n1))
     except CoveredChanged as exc:
         if not recompute:
-            raise InputError(f"{exc}; pass recompute=True (--recompute) to start over") from None
+            raise InputError(f"{exc}{HINT}") from None
         logger.warning("%s: recomputing", exc)
         return _recompute(run, result, kept)
 
@@ -299,9 +326,8 @@ def _grow(run: Run, result: Any, kept: dict, old_a: tuple, new_a: tuple) -> Any:
     engine = run.engine
     t = engine.transpose
     old, new = _tall(old_a, t), _tall(new_a, t)
-    chunks = _tall(kept["chunks"], t)
-    if run.engine.input_fingerprint is not None and kept.get("stamps") is not None:
-        _check_stamps(run, kept, old_a, new_a)
+    chunks = _tall(_alignment(kept), t)
+    fresh = _check_stamps(run, kept, old_a, new_a)  # before any pass (None: no listing)
     k, s, d, rank = kept["k"], kept["s"], kept["d"], kept["rank"]
     seed = parse_seed(result.seed)
     key = _sketch.seed_key(seed)
@@ -313,7 +339,7 @@ def _grow(run: Run, result: Any, kept: dict, old_a: tuple, new_a: tuple) -> Any:
     x0 = np.zeros((k, n1))
     y0_rows: list = []
     checked_cols = False
-    engines, read = [], 0
+    engines, outs, read = [], [], 0  # kept alive: their scratch panels are read below
     for origin, shape, check in _windows(old, new, chunks):
         w = PassEngine(
             Window(run.source, _tall(origin, t), _tall(shape, t)),
@@ -327,6 +353,7 @@ def _grow(run: Run, result: Any, kept: dict, old_a: tuple, new_a: tuple) -> Any:
         )
         engines.append(w)
         out = w.run(passkernels.grown_sketch, key, m1, right, k, d, old, check)
+        outs.append(out)
         read += shape[0] * shape[1]
         c0 = origin[1]
         dx[:, c0:] += np.concatenate(out.cols["x"], axis=1)
@@ -342,7 +369,7 @@ def _grow(run: Run, result: Any, kept: dict, old_a: tuple, new_a: tuple) -> Any:
             dy[first + j] = _item(y, j)
         if check[0]:
             y0_rows.append((origin[0], w.row_ranges, out.rows["y0"]))
-    _check_covered(result, old, chunks, y0_rows, x0 if checked_cols else None)
+    _check_covered(result, old, chunks, y0_rows, x0 if checked_cols else None, t)
     y_old = _reader(result.sketch_y)
     space = engine.space
     delta = Tall(space, refs=dy, base_width=k)
@@ -350,13 +377,15 @@ def _grow(run: Run, result: Any, kept: dict, old_a: tuple, new_a: tuple) -> Any:
         _plus, delta, width=k, what="y"
     )
     x = dx.copy()
-    x[:, : old[1]] += result.sketch_x
+    x[:, : old[1]] += np.asarray(result.sketch_x)
     e = de.copy()
-    e[:, : old[1]] += result.sketch_e
-    state = _sketch.SketchState(y, x, result.sketch_z + dz, e, kept["fro2"] + dfro2)
+    e[:, : old[1]] += np.asarray(result.sketch_e)
+    z = np.asarray(result.sketch_z) + dz
+    state = _sketch.SketchState(y, x, z, e, kept["fro2"] + dfro2)
     f = _sketch.finish(state, rank, k, s, d, key)
     for w in engines:
         w.close()
+    del outs
     engine.passes = 1  # every new entry was read once
     record = {
         **kept,
@@ -364,12 +393,7 @@ def _grow(run: Run, result: Any, kept: dict, old_a: tuple, new_a: tuple) -> Any:
         "covered": [int(x) for x in new_a],
         "updates": int(kept.get("updates", 0)) + 1,
     }
-    if run.engine.input_fingerprint is not None and kept.get("stamps") is not None:
-        from dlowrank.io.inventory import chunk_files
-
-        record["stamps"], _, _, _ = chunk_files(
-            source_url(run.source), getattr(run.source, "storage_options", None)
-        )
+    record.update(fresh or {"stamps": None})  # an input without a listing: none to keep
     params = {
         **{k2: v for k2, v in result.params.items() if k2 not in ("update",)},
         "rel_error_interval": [float(x) for x in f.rel_error_interval],
@@ -411,9 +435,21 @@ def _item(t: Any, j: int) -> Any:
 
 
 def _reader(y: Any) -> Any:
-    """Y as tasks read it: the Zarr array behind a lazy factor, else the array."""
-    z = bare_zarr(y) if not isinstance(y, np.ndarray) else None
-    return z if z is not None else y
+    """Y as tasks read it, by rows: the Zarr array behind a lazy factor (a stored result's,
+    or a run's temporary copy), never the dask array itself (dask would compute it whole
+    into every task's arguments)."""
+    if isinstance(y, np.ndarray):
+        return y
+    from dlowrank.engine.tall import KeptArray
+
+    z = bare_zarr(y)
+    if z is not None:
+        return z
+    for value in dict(y.dask).values():
+        value = getattr(value, "value", value)
+        if isinstance(value, (KeptArray, zarr.Array)) and tuple(value.shape) == tuple(y.shape):
+            return value
+    return np.asarray(y)  # another lazy array: small by construction (in-memory results)
 
 
 def _padded_rows(i: int, span: tuple, y_old: Any, m0: int) -> np.ndarray:
@@ -430,11 +466,17 @@ def _plus(i: int, span: tuple, p: np.ndarray, q: Any) -> np.ndarray:
 
 
 def _check_covered(
-    result: Any, old: tuple, chunks: tuple, y0_rows: list, x0: np.ndarray | None
+    result: Any,
+    old: tuple,
+    chunks: tuple,
+    y0_rows: list,
+    x0: np.ndarray | None,
+    transpose: bool = False,
 ) -> None:
     """The covered entries of the chunks read again (rewritten by the append) must project
-    as the stored sketches recorded them."""
+    as the stored sketches recorded them (reported in the input's orientation)."""
     m0, n0 = old
+    rows, cols = ("columns", "rows") if transpose else ("rows", "columns")
     for start, ranges, tall in y0_rows:
         parts = [
             np.asarray(resolve(_item(tall, j)))
@@ -443,11 +485,11 @@ def _check_covered(
         ]
         got = np.concatenate(parts)[: m0 - start]
         want = np.asarray(result.sketch_y[start:m0])
-        _compare(got, want, f"rows {start}-{m0 - 1}", start)
+        _compare(got, want, f"{rows} {start}-{m0 - 1}", start)
     cs = (n0 // chunks[1]) * chunks[1]
     if x0 is not None and cs < n0:
         want = np.asarray(result.sketch_x[:, cs:n0]).T
-        _compare(x0[:, cs:n0].T, want, f"columns {cs}-{n0 - 1}", cs)
+        _compare(x0[:, cs:n0].T, want, f"{cols} {cs}-{n0 - 1}", cs)
 
 
 def _compare(got: np.ndarray, want: np.ndarray, where: str, start: int) -> None:
@@ -456,28 +498,46 @@ def _compare(got: np.ndarray, want: np.ndarray, where: str, start: int) -> None:
     if np.any(bad):
         first = int(np.argmax(bad))
         raise CoveredChanged(
-            f"the covered part of the input changed: {where} (tall orientation) were "
+            f"the covered part of the input changed: {where} were "
             f"rewritten by the append with other values (first: {start + first}); the "
             "sketches cannot be extended"
         )
 
 
-def _check_stamps(run: Run, kept: dict, old_a: tuple, new_a: tuple) -> None:
-    """Every covered chunk file the update does not read keeps its stamp."""
+def _alignment(kept: dict) -> list:
+    """The chunk shape windows follow (input orientation): the stored files' (a shard of a
+    sharded array), so that every file is either read whole or not at all."""
+    return kept.get("file_chunks") or kept["chunks"]
+
+
+def _check_stamps(run: Run, kept: dict, old_a: tuple, new_a: tuple) -> dict | None:
+    """Every covered chunk file the update does not read keeps its stamp (one written
+    since, where none was, counts as changed). Returns this listing's stamps to keep
+    (None when the input has no listing)."""
     from dlowrank.io.inventory import chunk_files
 
     url = source_url(run.source)
+    if url is None:
+        return None
+    run.engine.input_fingerprint  # noqa: B018 - taken first: the passes check it
     stamps, chunk, prefix, sep = chunk_files(url, getattr(run.source, "storage_options", None))
+    fresh = {"stamps": stamps, "file_chunks": [int(c) for c in chunk[:2]]}
+    if kept.get("stamps") is None:
+        return fresh
     t = run.engine.transpose
+    align = _tall(_alignment(kept), t)
     wins = [
         (_tall(o, t), _tall(sh, t))
-        for o, sh, _ in _windows(_tall(old_a, t), _tall(new_a, t), _tall(kept["chunks"], t))
+        for o, sh, _ in _windows(_tall(old_a, t), _tall(new_a, t), align)
     ]
+    old_keys = set(kept["stamps"])
     changed = []
-    for key, stamp in kept["stamps"].items():
+    for key in sorted(old_keys | set(stamps)):
         idx = [int(x) for x in key[len(prefix) :].split(sep)]
         r0, c0 = idx[0] * chunk[0], idx[1] * chunk[1]
         r1, c1 = r0 + chunk[0], c0 + chunk[1]
+        if r0 >= old_a[0] or c0 >= old_a[1]:
+            continue  # not covered: new entries only
         inside = any(
             o[0] <= r0
             and min(r1, new_a[0]) <= o[0] + sh[0]
@@ -485,15 +545,17 @@ def _check_stamps(run: Run, kept: dict, old_a: tuple, new_a: tuple) -> None:
             and min(c1, new_a[1]) <= o[1] + sh[1]
             for o, sh in wins
         )
-        if not inside and stamps.get(key) != stamp:
+        if not inside and stamps.get(key) != kept["stamps"].get(key):
             last_r, last_c = min(r1, old_a[0]) - 1, min(c1, old_a[1]) - 1
             changed.append(f"{key} (rows {r0}-{last_r}, columns {c0}-{last_c})")
     if changed:
         raise CoveredChanged(
             f"the covered part of {url} changed since the result was made: "
-            f"{len(changed)} chunk file(s) differ in size or time ({', '.join(changed[:3])}"
-            f"{', ...' if len(changed) > 3 else ''}); the update would mix old and new data"
+            f"{len(changed)} chunk file(s) differ in size or time, or were written since "
+            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); the update "
+            "would mix old and new data"
         )
+    return fresh
 
 
 def append(url: Any, block: Any, *, axis: int = 0, storage_options: dict | None = None) -> tuple:

@@ -226,3 +226,77 @@ def test_a_warm_start_reaches_the_cold_three_pass_error_in_fewer_passes(tmp_path
         dlowrank.randomized_svd(a, 10, passes=1)
     with pytest.raises(dlowrank.errors.ParameterError, match="larger than this 4000 x 300"):
         dlowrank.randomized_svd(a[:4000], 10, start=cold)
+
+
+def test_what_a_review_found_stays_fixed(tmp_path, monkeypatch):
+    import dask
+
+    from dlowrank.algorithms import sketch as _sketch
+    from dlowrank.app.jobs import JobConfig, run_job
+
+    a = _matrix((400, 100), seed=4)
+    # stamps are those of the data the pass read: a covered chunk rewritten after the pass
+    # (here, while the factors are made) is found by the next update
+    path = _store(str(tmp_path / "a.zarr"), a[:300], (64, 32))
+    finish = _sketch.finish
+
+    def rewrite_then_finish(*args, **kw):
+        z = zarr.open_array(path, mode="r+")
+        z[0, 0] += 5.0
+        return finish(*args, **kw)
+
+    monkeypatch.setattr(_sketch, "finish", rewrite_then_finish)
+    r = dlowrank.sketch_svd(path, 4, seed=SEED, keep_sketch=True)
+    monkeypatch.setattr(_sketch, "finish", finish)
+    dlowrank.append(path, a[300:350])
+    with pytest.raises(InputError, match="c/0/0"):
+        dlowrank.update(r, path)
+    with pytest.raises(InputError, match="c/0/0"):  # nothing appended checks the files too
+        dlowrank.update(r, _store(str(tmp_path / "same.zarr"), a[:300], (64, 32)))
+
+    # a covered chunk absent when the result was made (all fill value) and written since
+    sparse = str(tmp_path / "s.zarr")
+    z = zarr.create_array(sparse, shape=(300, 100), chunks=(64, 32), dtype="f8")
+    z[64:] = a[64:300]
+    with dask.config.set({"dlowrank.allow-missing-chunks": True}):
+        r = dlowrank.sketch_svd(sparse, 4, seed=SEED, keep_sketch=True)
+        z[:64, :32] = 1.0
+        dlowrank.append(sparse, a[300:350])
+        with pytest.raises(InputError, match=r"written since \(c/0/0"):
+            dlowrank.update(r, sparse)
+
+    # tall quantities in scratch, rows and columns at once, chained without saving
+    with dask.config.set({"dlowrank.tall-memory": 1000}):
+        grow = _store(str(tmp_path / "g.zarr"), a[:300, :90], (64, 32))
+        r = dlowrank.sketch_svd(grow, 4, seed=SEED, keep_sketch=True)
+        for rows, cols in ((330, 95), (400, 100)):
+            dlowrank.append(grow, a[r.u.shape[0] : rows, : r.vt.shape[1]], axis=0)
+            dlowrank.append(grow, a[:rows, r.vt.shape[1] : cols], axis=1)
+            r = dlowrank.update(r, grow)
+        assert _rel_diff(r, _fresh(grow, r)) < 1e-10
+
+    # a sharded array: windows follow the shards (the stored files)
+    shard = str(tmp_path / "sh.zarr")
+    z = zarr.create_array(shard, shape=(300, 100), chunks=(32, 50), shards=(64, 100), dtype="f8")
+    z[...] = a[:300]
+    r = dlowrank.sketch_svd(shard, 4, seed=SEED, keep_sketch=True)
+    dlowrank.append(shard, a[300:])
+    assert _rel_diff(dlowrank.update(r, shard), _fresh(shard, r)) < 1e-10
+
+    # in memory: cut as before
+    r = dlowrank.sketch_svd(da_from(a[:300]), 4, seed=SEED, keep_sketch=True)
+    assert dlowrank.update(r, a).u.shape == (400, 4)
+
+    # an update job over a result that kept no sketches computes one and replaces it
+    job = {"command": "svd", "input": path, "out": str(tmp_path / "r.zarr"), "rank": 4}
+    assert run_job(JobConfig.from_dict({**job, "workers": 0})).status == "done"
+    assert run_job(JobConfig.from_dict({**job, "update": True, "workers": 0})).status == "done"
+    assert dlowrank.load(job["out"]).updatable
+    with pytest.raises(dlowrank.errors.ParameterError, match="fixed-rank"):
+        dlowrank.randomized_svd(a, max_error=0.5, passes=1, start=r)
+
+
+def da_from(x: np.ndarray):
+    import dask.array as da
+
+    return da.from_array(x, chunks=(64, 32))

@@ -864,6 +864,9 @@ def convert(input: str, out: str, chunks, dtype, dataset, overwrite, ratings, as
     help="When the covered part of INPUT changed, run the single pass over all of INPUT "
     "afresh instead of refusing.",
 )
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing result at --out (RESULT is always)."
+)
 @click.option("--scheduler", default=None, help="A dask scheduler's address.")
 @click.option(
     "--workers",
@@ -875,7 +878,15 @@ def convert(input: str, out: str, chunks, dtype, dataset, overwrite, ratings, as
 @click.option("--memory", default=None, help="Memory the run may use, e.g. 600MB.")
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary.")
 def update(
-    result: str, input: str, out, recompute: bool, scheduler, workers: int, memory, as_json
+    result: str,
+    input: str,
+    out,
+    recompute: bool,
+    overwrite: bool,
+    scheduler,
+    workers: int,
+    memory,
+    as_json,
 ) -> None:
     """Extend the single-pass RESULT (made with --passes 1 --keep-sketch) to the rows and
     columns appended to INPUT since, reading only those."""
@@ -890,7 +901,7 @@ def update(
             client=client,
             memory=memory,
             out=out or result,
-            overwrite=True,
+            overwrite=overwrite or out is None or out == result,
         )
     info = r.params.get("update")
     summary = {

@@ -363,6 +363,8 @@ def _already_done(cfg: JobConfig, fp: str) -> bool:
     except (StoreNotFoundError, ResultError):
         return False
     job = prev.params.get("job", {})
+    if cfg.options.get("update") and not getattr(prev, "updatable", False):
+        return False  # an update job's result keeps its sketches
     return prev.input.get("fingerprint") == fp and job == _job_params(cfg)
 
 
@@ -418,9 +420,7 @@ def preflight(cfg: JobConfig) -> Plan:
         return Plan(source, fp, None, {}, True, 0)
     if cfg.out is not None:
         # an update job replaces its own result (extended, or recomputed)
-        overwrite = bool(o.get("overwrite")) or (
-            bool(o.get("update")) and is_own_result(cfg.out, so)
-        )
+        overwrite = bool(o.get("overwrite")) or _replaces(cfg)
         check_output(cfg.out, overwrite=overwrite, inputs=[cfg.input], storage_options=so)
     if cfg.command == "spectrum" and o.get("plot"):
         check_scratch(o["plot"], inputs=[cfg.input, cfg.out], what="plot", flag="--plot")
@@ -704,9 +704,17 @@ def _run_svd(cfg, client, ckpt, progress, fp, say) -> dict:
         )
         result = _publish(result, cfg, fp, overwrite=True)
         return {**_summary(result, cfg), "update": info}
-    overwrite = bool(cfg.options.get("recompute")) or None
     result = _call(cfg, client=client, checkpoint=ckpt, progress=progress)
-    return _summary(_publish(result, cfg, fp, overwrite=overwrite), cfg)
+    return _summary(_publish(result, cfg, fp, overwrite=_replaces(cfg) or None), cfg)
+
+
+def _replaces(cfg: JobConfig) -> bool:
+    """An update job replaces its own result at OUT (extended, recomputed, or computed
+    afresh over one that kept no sketches): the rule preflight checks the output by."""
+    from dlowrank.io.store import is_own_result
+
+    o = cfg.options
+    return bool(o.get("update")) and is_own_result(cfg.out, o.get("storage_options"))
 
 
 def _updatable(cfg: JobConfig) -> Any:
