@@ -113,3 +113,27 @@ def test_passes_conflicts_are_refused_before_any_pass(tmp_path):
     res = run("svd", path, "--out", out, "--rank", 3, "--workers", 0, "--passes", 4, "--json")
     line = [ln for ln in res.output.splitlines() if ln.startswith("{")][-1]
     assert res.exit_code == 0 and json.loads(line)["passes"] == 4, res.output
+
+
+def test_log_json_writes_one_json_event_per_line(tmp_path):
+    """--log-json: stderr is all JSON events (passes, pieces, the result, or the error)."""
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (2000, 100), 10, chunks=(500, 100), seed=0)
+    cli = [sys.executable, "-m", "dlowrank", "--log-json"]
+    out = ["--out", str(tmp_path / "r.zarr"), "--workers", "0", "--layout", "block"]
+    run = [*cli, "svd", path, "--rank", "4", *out]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stderr.splitlines()]
+    passes = [e for e in events if e["event"] == "pass"]
+    first = [e for e in passes if e["index"] == 1]
+    total = first[0]["total"]
+    assert [e["stage"] for e in first] == ["start"] + ["piece"] * total + ["done"]
+    result = events[-1]  # block layout: 2 passes per power iteration, 4 in all
+    assert result["event"] == "result" and result["passes"] == 4 and result["rank"] == 4
+    assert max(e["index"] for e in passes) == 4
+    bad = subprocess.run([*cli, "svd", path, "--rank", "0", "--out", str(tmp_path / "x.zarr")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2
+    (error,) = [json.loads(line) for line in bad.stderr.splitlines()]
+    assert error["event"] == "error" and error["exit_code"] == 2 and "`rank`" in error["message"]

@@ -128,3 +128,37 @@ def test_scratch_panels_on_a_cluster_equal_threaded_results(cluster, tmp_path):
     assert isinstance(dist.u, da.Array) and isinstance(sketch.u, da.Array)
     np.testing.assert_allclose(u, local.u, atol=1e-10)
     np.testing.assert_allclose(dist.s, local.s, rtol=1e-10)
+
+
+def _slow_sum(block, rows, cols):
+    """A kernel that takes a while per piece, so that a pass lasts long enough to watch."""
+    import time
+
+    time.sleep(0.4)
+    return {"sums": {"s": np.asarray(block.sum())}, "rows": {}, "cols": {}}
+
+
+def test_piece_progress_on_a_cluster_arrives_while_the_pass_runs(cluster, tmp_path):
+    import time
+
+    from dlowrank.engine.passes import PassEngine
+    from dlowrank.io.source import open_source
+
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (800, 40), 5, chunks=(100, 40), seed=0)
+    events = []
+    with Client(cluster, set_as_default=False) as client:
+        engine = PassEngine(
+            open_source(path),
+            layout="block",
+            client=client,
+            progress=lambda e: events.append((time.monotonic(), e)),
+        )
+        out = engine.run(_slow_sum)
+    pieces = [(t, e) for t, e in events if e.stage == "piece"]
+    assert [e.done for _, e in pieces] == list(range(1, 9)) and pieces[0][1].total == 8
+    done_at = next(t for t, e in events if e.stage == "done")
+    # 8 pieces of 0.4 s on 2 workers: the first is reported well before the pass ends
+    assert done_at - pieces[0][0] > 0.6
+    total = float(np.asarray(dlowrank.open_matrix(path).sum().compute()))
+    assert float(out.sums["s"]) == pytest.approx(total)

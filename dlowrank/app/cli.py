@@ -79,8 +79,13 @@ class _Group(click.Group):
             if code is None:
                 raise
             kind = "storage or cluster failure: " if code == EXIT_FAILURE else ""
+            notes = list(getattr(exc, "__notes__", ()))
+            if _EVENTS["json"]:
+                _event("error", exit_code=code, error=type(exc).__name__, message=_one_line(exc),
+                       notes=notes)  # fmt: skip
+                ctx.exit(code)
             click.echo(f"error: {kind}{_one_line(exc)}", err=True)
-            for note in getattr(exc, "__notes__", ()):
+            for note in notes:
                 click.echo(f"note: {note}", err=True)
             ctx.exit(code)
 
@@ -105,7 +110,13 @@ def _quiet_broken_pipe() -> None:
     default=None,
     help="Log level (overrides -v).",
 )
-def main(verbose: int, log_level: str | None) -> None:
+@click.option(
+    "--log-json",
+    is_flag=True,
+    help="Everything on stderr as one JSON object per line, for batch schedulers: pass "
+    "starts, pieces and ends, messages, warnings, log records, errors, and the result.",
+)
+def main(verbose: int, log_level: str | None, log_json: bool) -> None:
     """Low-rank approximation of matrices larger than memory (Zarr + Dask)."""
     from dlowrank.runtime.budget import few_arenas, return_freed_memory
 
@@ -113,16 +124,57 @@ def main(verbose: int, log_level: str | None) -> None:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     if log_level:
         level = getattr(logging, log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _EVENTS["json"] = log_json
+    handler = logging.StreamHandler(sys.stderr)
+    if log_json:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     _quiet_dask(level)
     return_freed_memory()  # freed chunks go back to the system: a run stays in its budget
     warnings.showwarning = _show_warning
+
+
+#: --log-json: every line on stderr is a JSON event (set by ``main``).
+_EVENTS = {"json": False}
+
+
+def _event(kind: str, **fields: Any) -> None:
+    """One JSON event on stderr: ``{"event": kind, "time": ..., ...}``."""
+    record = {"event": kind, "time": time.time(), **fields}
+    click.echo(json.dumps(record, default=_json_default, sort_keys=True), err=True)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "event": "log",
+                "time": record.created,
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            },
+            sort_keys=True,
+        )
+
+
+def _say(line: str) -> None:
+    """A progress message on stderr (an event with --log-json)."""
+    if _EVENTS["json"]:
+        _event("message", message=line)
+    else:
+        click.echo(line, err=True)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """dlowrank's warnings as one line on stderr; others as Python shows them."""
     from dlowrank.errors import DlowrankWarning
 
+    if _EVENTS["json"] and (issubclass(category, DlowrankWarning) or _level_is_debug()):
+        _event("warning", category=category.__name__, message=" ".join(str(message).split()))
+        return
     if issubclass(category, DlowrankWarning):
         click.echo(f"warning: {' '.join(str(message).split())}", err=True)
     elif _level_is_debug():
@@ -581,6 +633,11 @@ class _Reporter:
         self.bar = None
 
     def __call__(self, ev: Any) -> None:
+        if _EVENTS["json"]:  # every event, --quiet or not: a scheduler reads them
+            rate = ev.nbytes / 1e6 / ev.seconds if ev.seconds else None
+            _event("pass", stage=ev.stage, index=ev.index, done=ev.done, total=ev.total,
+                   seconds=ev.seconds, mb_per_s=rate, restored=ev.restored)  # fmt: skip
+            return
         if self.quiet:
             return
         if ev.stage == "start" and self.tty:
@@ -611,7 +668,7 @@ def _run_and_report(cfg: Any, dry_run: bool, as_json: bool, quiet: bool) -> None
     from dlowrank.runtime.budget import PeakMemory
 
     start = time.perf_counter()
-    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    say = (lambda line: None) if quiet and not _EVENTS["json"] else _say
     with PeakMemory(interval=0.1) as tree:
         outcome = run_job(cfg, dry_run=dry_run, progress=_Reporter(quiet), say=say)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10  # exact, this process
@@ -623,6 +680,8 @@ def _run_and_report(cfg: Any, dry_run: bool, as_json: bool, quiet: bool) -> None
         # the process tree's peak (sampled every 0.1 s), at least this process's own
         "peak_memory_mb": max(tree.peak, own) / 2**20,
     }
+    if _EVENTS["json"]:
+        _event("result", **{k: v for k, v in summary.items() if k != "singular_values"})
     if as_json:
         _emit_json({k: v for k, v in summary.items() if k != "singular_values"})
         return
@@ -911,6 +970,8 @@ def update(
         "rel_error": r.rel_error,
         "update": info,
     }
+    if _EVENTS["json"]:
+        _event("result", **summary)
     if as_json:
         _emit_json(summary)
     elif info is None:

@@ -23,6 +23,7 @@ import logging
 import operator
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,6 +211,7 @@ def _run_piece(
     args: tuple,
     settle: tuple | None = None,
     origin: tuple[int, int] = (0, 0),
+    report: str | None = None,
 ) -> dict:
     """A piece's kernel outputs; with ``settle`` (the piece is its row range's only one)
     its row outputs are settled here (:func:`_settle`), so that no later task holds them
@@ -219,7 +221,20 @@ def _run_piece(
     out = _piece_outputs(block_or_source, rect, transpose, kernel, args, origin)
     if settle is not None:
         out = {**out, "rows": _settle(out["rows"], *settle)}
+    if report is not None:
+        _report_piece(report)
     return out
+
+
+def _report_piece(name: str) -> None:
+    """Count a finished piece in the distributed Queue ``name`` (the driver reads its size
+    for piece-level progress); best effort: progress never fails a pass."""
+    try:
+        from distributed import Queue
+
+        Queue(name).put(1, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - a lost progress message is not an error
+        logger.debug("progress of a piece not reported: %s", exc)
 
 
 def _piece_outputs(
@@ -526,6 +541,7 @@ class PassEngine:
         kernel: Callable,
         args: tuple,
         settle: tuple | None = None,
+        report: str | None = None,
     ) -> Any:
         rect = (*cols, *rows) if self.transpose else (*rows, *cols)
         if hasattr(self.source, "delayed_block"):  # dask computes the block
@@ -534,7 +550,7 @@ class PassEngine:
             data = self.source
         origin = getattr(self.source, "origin", (0, 0))
         return dask.delayed(_run_piece, pure=False)(
-            data, rect, self.transpose, kernel, args, settle, origin
+            data, rect, self.transpose, kernel, args, settle, origin, report
         )
 
     def _share(self, arg: Any) -> Any:
@@ -658,9 +674,12 @@ class PassEngine:
             return None
         return max(DERIVED_FLOOR, DERIVED_FACTOR * self._first_seconds)
 
-    def _watch(self, client: Any, futures: list, index: int) -> None:
+    def _watch(
+        self, client: Any, futures: list, index: int, queue: Any = None, total: int = 0
+    ) -> None:
         """Wait for a pass on a cluster, never forever: the pass limit, and a cluster
-        left without workers for ``dlowrank.no-workers-timeout`` seconds."""
+        left without workers for ``dlowrank.no-workers-timeout`` seconds. With ``queue``
+        (the pieces' count), report each piece as it finishes."""
         from distributed import wait
 
         from dlowrank.errors import ClusterError
@@ -669,16 +688,20 @@ class PassEngine:
         start = time.monotonic()
         empty_since = None
         no_workers = float(dask.config.get("dlowrank.no-workers-timeout", None) or 60.0)
+        done = 0
         while True:
-            step = WATCH_POLL
+            step = WATCH_POLL if queue is None else PROGRESS_POLL
             if limit is not None:
                 step = max(min(step, limit - (time.monotonic() - start)), 1e-3)
             try:
                 with client.as_current():  # the run's client, default or not
                     wait(futures, timeout=step)
-                return
+                finished = True
             except TimeoutError:
-                pass
+                finished = False
+            done = self._pieces_done(queue, index, done, total, finished)
+            if finished:
+                return
             now = time.monotonic()
             if limit is not None and now - start > limit:
                 client.cancel(futures)
@@ -694,6 +717,19 @@ class PassEngine:
                     )
             else:
                 empty_since = None
+
+    def _pieces_done(self, queue: Any, index: int, done: int, total: int, finished: bool) -> int:
+        """Emit a "piece" event for the pieces counted since ``done``; all of them once the
+        pass has finished (a count lost on its way is not waited for)."""
+        if queue is None:
+            return done
+        try:
+            now = total if finished else min(int(queue.qsize()), total)
+        except Exception:  # noqa: BLE001 - the count is best effort
+            now = total if finished else done
+        for k in range(done + 1, now + 1):
+            self._emit(PassEvent("piece", index, k, total))
+        return max(done, now)
 
     @functools.cached_property
     def input_fingerprint(self) -> str | None:
@@ -774,9 +810,16 @@ class PassEngine:
             return (i, self.row_ranges[i], m, space.limit, prefix, space.storage_options)
 
         alone = len(self.col_ranges) == 1  # a row range's only piece settles its own rows
+        client = self.client
+        # on a cluster, pieces count themselves in a Queue the watch reads (progress)
+        report = (
+            f"dlowrank-pieces-{uuid.uuid4().hex}"
+            if client is not None and self.progress is not None
+            else None
+        )
         leaves = {
             (i, j): self._piece(
-                r, c, kernel, self._for_rows(shared, i), settle(i) if alone else None
+                r, c, kernel, self._for_rows(shared, i), settle(i) if alone else None, report
             )
             for i, r in enumerate(self.row_ranges)
             for j, c in enumerate(self.col_ranges)
@@ -793,11 +836,14 @@ class PassEngine:
         ]
         if not alone:  # summed over the row range's pieces first
             rows = [dask.delayed(_settle)(r, *settle(i)) for i, r in enumerate(rows)]
-        client = self.client
         if client is not None:
+            queue = _queue(client, report)
             futures = client.compute([total, rows, cols])
             self._emit(PassEvent("start", index, 0, len(leaves)))  # tasks already submitted
-            self._watch(client, futures, index)
+            try:
+                self._watch(client, futures, index, queue, len(leaves))
+            finally:
+                _close(queue)
             total, rows, cols = client.gather(futures)
         else:
             self._emit(PassEvent("start", index, 0, len(leaves)))
@@ -823,8 +869,27 @@ class PassEngine:
 #: Without --timeout, a pass on a cluster may take at most this factor times the first
 #: pass, and never less than the floor (seconds).
 DERIVED_FACTOR, DERIVED_FLOOR = 20.0, 600.0
-#: Seconds between looks at the cluster while a pass runs on it.
+#: Seconds between looks at the cluster while a pass runs on it (with a progress display:
+#: PROGRESS_POLL, so that pieces show as they finish).
 WATCH_POLL = 2.0
+PROGRESS_POLL = 0.25
+
+
+def _queue(client: Any, name: str | None) -> Any:
+    """The distributed Queue the pieces count themselves in (None: no progress wanted)."""
+    if name is None:
+        return None
+    from distributed import Queue
+
+    return Queue(name, client=client)
+
+
+def _close(queue: Any) -> None:
+    if queue is not None:
+        try:
+            queue.close()
+        except Exception:  # noqa: BLE001 - releasing the scheduler's queue is best effort
+            pass
 
 
 def _timeout_error(index: int, timeout: float) -> PassTimeoutError:
