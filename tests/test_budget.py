@@ -87,7 +87,9 @@ CGROUP = "/sys/fs/cgroup/memory"
 def test_a_matrix_three_times_a_cgroup_cap_runs_under_it(tmp_path):
     cap = 300 << 20
     path = str(tmp_path / "a.zarr")
-    dlowrank.generate(path, (112_500, 1000), 10, chunks=(5000, 1000), noise=0.01, seed=0)
+    # chunks of 20 MB: the CLI holds about 175 MiB before its first pass where xarray is
+    # installed (dask.array imports it, and pandas), which leaves 125 MiB of the cap
+    dlowrank.generate(path, (112_500, 1000), 10, chunks=(2500, 1000), noise=0.01, seed=0)
     cg = os.path.join(CGROUP, f"dlowrank-test-{uuid.uuid4().hex[:8]}")
     os.mkdir(cg)
     try:

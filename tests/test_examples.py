@@ -113,3 +113,12 @@ def test_sklearn_pipeline_grid_search_picks_a_rank():
     assert len(scores) == 2 and scores[1] > scores[0] > 0.5
     best = re.search(r"best n_components (\d+): test accuracy ([\d.]+)", text)
     assert best and int(best.group(1)) == 16 and float(best.group(2)) > 0.85
+
+
+def test_eof_patterns_on_a_map_grid(tmp_path):
+    pytest.importorskip("xarray")
+    text = run("eof_patterns", tmp_path)
+    shares = [float(s) for s in re.findall(r"EOF \d: ([\d.]+)% of the variance", text)]
+    assert len(shares) == 3 and shares == sorted(shares, reverse=True) and sum(shares) > 90
+    assert "4 passes over the field" in text
+    figure(tmp_path, "eof_patterns.png")

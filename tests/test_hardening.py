@@ -228,7 +228,8 @@ def test_every_flag_a_message_names_exists_on_the_commands_it_is_said_of():
     from dlowrank.app.jobs import INPUT, OUTPUT, RUNTIME
 
     job_level = {o.flag for o in INPUT + OUTPUT + RUNTIME}
-    anywhere = set().union(*(_flags(c) for c in main.commands))
+    group = {opt for p in main.params for opt in getattr(p, "opts", ())}  # --log-json, -v
+    anywhere = set().union(group, *(_flags(c) for c in main.commands))
     found = set()
     for path in (ROOT / "dlowrank").rglob("*.py"):
         for flag in re.findall(r"[\"'(\s`](--[a-z][a-z-]+)", path.read_text()):

@@ -226,13 +226,14 @@ def _run_piece(
     return out
 
 
-def _report_piece(name: str) -> None:
-    """Count a finished piece in the distributed Queue ``name`` (the driver reads its size
-    for piece-level progress); best effort: progress never fails a pass."""
+def _report_piece(topic: str) -> None:
+    """Log a finished piece as an event of ``topic`` on the scheduler (the driver counts
+    them for piece-level progress). The worker's own stream carries it: no client is made
+    in the task. Best effort: progress never fails a pass."""
     try:
-        from distributed import Queue
+        from distributed import get_worker
 
-        Queue(name).put(1, timeout=10)
+        get_worker().log_event(topic, 1)
     except Exception as exc:  # noqa: BLE001 - a lost progress message is not an error
         logger.debug("progress of a piece not reported: %s", exc)
 
@@ -675,11 +676,11 @@ class PassEngine:
         return max(DERIVED_FLOOR, DERIVED_FACTOR * self._first_seconds)
 
     def _watch(
-        self, client: Any, futures: list, index: int, queue: Any = None, total: int = 0
+        self, client: Any, futures: list, index: int, topic: str | None = None, total: int = 0
     ) -> None:
         """Wait for a pass on a cluster, never forever: the pass limit, and a cluster
-        left without workers for ``dlowrank.no-workers-timeout`` seconds. With ``queue``
-        (the pieces' count), report each piece as it finishes."""
+        left without workers for ``dlowrank.no-workers-timeout`` seconds. With ``topic``
+        (where the pieces log themselves), report each piece as it finishes."""
         from distributed import wait
 
         from dlowrank.errors import ClusterError
@@ -690,7 +691,7 @@ class PassEngine:
         no_workers = float(dask.config.get("dlowrank.no-workers-timeout", None) or 60.0)
         done = 0
         while True:
-            step = WATCH_POLL if queue is None else PROGRESS_POLL
+            step = WATCH_POLL if topic is None else PROGRESS_POLL
             if limit is not None:
                 step = max(min(step, limit - (time.monotonic() - start)), 1e-3)
             try:
@@ -699,7 +700,7 @@ class PassEngine:
                 finished = True
             except TimeoutError:
                 finished = False
-            done = self._pieces_done(queue, index, done, total, finished)
+            done = self._pieces_done(client, topic, index, done, total, finished)
             if finished:
                 return
             now = time.monotonic()
@@ -718,13 +719,15 @@ class PassEngine:
             else:
                 empty_since = None
 
-    def _pieces_done(self, queue: Any, index: int, done: int, total: int, finished: bool) -> int:
-        """Emit a "piece" event for the pieces counted since ``done``; all of them once the
+    def _pieces_done(
+        self, client: Any, topic: str | None, index: int, done: int, total: int, finished: bool
+    ) -> int:
+        """Emit a "piece" event for the pieces logged since ``done``; all of them once the
         pass has finished (a count lost on its way is not waited for)."""
-        if queue is None:
+        if topic is None:
             return done
         try:
-            now = total if finished else min(int(queue.qsize()), total)
+            now = total if finished else min(len(client.get_events(topic)), total)
         except Exception:  # noqa: BLE001 - the count is best effort
             now = total if finished else done
         for k in range(done + 1, now + 1):
@@ -811,7 +814,7 @@ class PassEngine:
 
         alone = len(self.col_ranges) == 1  # a row range's only piece settles its own rows
         client = self.client
-        # on a cluster, pieces count themselves in a Queue the watch reads (progress)
+        # on a cluster, pieces log themselves on the scheduler; the watch counts them
         report = (
             f"dlowrank-pieces-{uuid.uuid4().hex}"
             if client is not None and self.progress is not None
@@ -837,13 +840,9 @@ class PassEngine:
         if not alone:  # summed over the row range's pieces first
             rows = [dask.delayed(_settle)(r, *settle(i)) for i, r in enumerate(rows)]
         if client is not None:
-            queue = _queue(client, report)
             futures = client.compute([total, rows, cols])
             self._emit(PassEvent("start", index, 0, len(leaves)))  # tasks already submitted
-            try:
-                self._watch(client, futures, index, queue, len(leaves))
-            finally:
-                _close(queue)
+            self._watch(client, futures, index, report, len(leaves))
             total, rows, cols = client.gather(futures)
         else:
             self._emit(PassEvent("start", index, 0, len(leaves)))
@@ -873,23 +872,6 @@ DERIVED_FACTOR, DERIVED_FLOOR = 20.0, 600.0
 #: PROGRESS_POLL, so that pieces show as they finish).
 WATCH_POLL = 2.0
 PROGRESS_POLL = 0.25
-
-
-def _queue(client: Any, name: str | None) -> Any:
-    """The distributed Queue the pieces count themselves in (None: no progress wanted)."""
-    if name is None:
-        return None
-    from distributed import Queue
-
-    return Queue(name, client=client)
-
-
-def _close(queue: Any) -> None:
-    if queue is not None:
-        try:
-            queue.close()
-        except Exception:  # noqa: BLE001 - releasing the scheduler's queue is best effort
-            pass
 
 
 def _timeout_error(index: int, timeout: float) -> PassTimeoutError:
