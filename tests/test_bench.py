@@ -181,3 +181,17 @@ def test_growing_suite_times_the_update_and_warm_starts(tmp_path):
         assert all(row[label]["ratio"] >= 1 - 1e-9 for label, _ in WARM_CHOICES)
         assert row["warm, 1 pass"]["passes"] == [1] and row["warm, 2 passes"]["passes"] == [2]
     assert "warm, 1 pass" in format_warm(rows)
+
+
+def test_ecosystem_suite_fits_each_truncated_svd_in_its_own_process(tmp_path):
+    from dlowrank.app.bench_ecosystem import METHODS, format_ecosystem, run_ecosystem_bench
+
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (3000, 200), 10, decay=0.7, noise=1e-4, chunks=(500, 200), seed=0)
+    res = run_ecosystem_bench(path, rank=5, say=lambda line: None, methods=METHODS[::3])
+    rows = {r["method"]: r for r in res["rows"]}
+    assert list(rows) == ["dlowrank", "sklearn"]  # dask-ml's: the same code, if installed
+    ours, theirs = rows["dlowrank"], rows["sklearn"]
+    assert ours["passes"] == 3 and ours["tree_peak_mb"] > 0  # 2 for the SVD, 1 for the variance
+    assert ours["rel_error"] == pytest.approx(theirs["rel_error"], rel=1e-6)
+    assert "dlowrank TruncatedSVD" in format_ecosystem(res)

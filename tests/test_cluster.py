@@ -228,3 +228,26 @@ def test_the_growing_matrix_recipes_run_one_valid_job_nightly_and_weekly():
         given = [w for w in shlex.split(rest) if w.startswith("--")]
         assert set(given) <= flags, given
     assert sum("--recompute" in rest for _, rest in lines) == 3  # the weekly ones
+
+
+def test_dashboard_is_served_on_loopback_and_its_link_said(tmp_path):
+    pytest.importorskip("bokeh")
+    import urllib.request
+
+    from dlowrank.app.jobs import JobConfig, run_job
+
+    path = str(tmp_path / "a.zarr")
+    dlowrank.generate(path, (2000, 50), 5, chunks=(500, 50), seed=0)
+    said, pages = [], []
+
+    def check(event):  # while the job's cluster runs: its dashboard answers
+        links = [s.split(": ", 1)[1] for s in said if s.startswith("dashboard: ")]
+        if event.stage == "start" and links and not pages:
+            with urllib.request.urlopen(links[0], timeout=30) as resp:
+                pages.append(resp.status)
+
+    job = {"command": "svd", "input": path, "out": str(tmp_path / "r.zarr"), "rank": 3}
+    job.update(workers=1, memory_limit="500MB", dashboard=True)
+    run_job(JobConfig.from_dict(job), progress=check, say=said.append)
+    (link,) = [s for s in said if s.startswith("dashboard: ")]
+    assert link.startswith("dashboard: http://127.0.0.1:") and pages == [200]

@@ -450,7 +450,7 @@ def _show(result: dict, as_json: bool, fmt: Any) -> None:
 @click.option(
     "--suite",
     type=click.Choice(
-        ["svd", "factorization", "throughput", "memory", "tall", "passes", "growing"]
+        ["svd", "factorization", "throughput", "memory", "tall", "passes", "growing", "ecosystem"]
     ),
     default="svd",
     show_default=True,
@@ -515,6 +515,8 @@ def bench(
     --cap MB, cold, with a bare read pass, true errors and U's orthonormality;
     --suite passes measures the error of each pass choice on real images, eigenfaces
     and slow and flat spectra (--rank, default 20);
+    --suite ecosystem fits TruncatedSVD of dlowrank, dask-ml (tsqr, randomized) and
+    scikit-learn on INPUT (--rank, default 20), each in its own process;
     --suite growing grows the bench matrix (--shape) by 10 % of its rows and times
     dlowrank update against sketch_svd of the grown matrix, then measures warm-started
     randomized_svd against cold runs on matrices grown by 10 % (--scale shrinks them).
@@ -575,6 +577,15 @@ def bench(
             _emit_json({"rows": rows})
         else:
             click.echo(format_passes(rows))
+        return
+    if suite == "ecosystem":
+        from dlowrank.app.bench_ecosystem import format_ecosystem, run_ecosystem_bench
+
+        if input is None:
+            raise click.UsageError("--suite ecosystem needs INPUT (a Zarr matrix)")
+        given = _given("rank")
+        result = run_ecosystem_bench(input, rank=rank if given["rank"] else 20, say=say)
+        _show(result, as_json, format_ecosystem)
         return
     if suite == "growing":
         from dlowrank.app.bench_growing import (

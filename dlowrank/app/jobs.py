@@ -66,6 +66,13 @@ RUNTIME = [
     _run_param(
         "memory_limit", "memory_or_auto", None, "Memory limit per LocalCluster worker, e.g. 2GB."
     ),
+    _run_param(
+        "dashboard",
+        bool,
+        False,
+        "Serve distributed's dashboard from the LocalCluster on 127.0.0.1 and print its "
+        'link (needs bokeh: pip install "dlowrank[dashboard]").',
+    ),
     TIMEOUT,
     MEMORY,
     _seconds("connect_timeout", 30.0, "Seconds to wait for a scheduler to answer."),
@@ -561,8 +568,12 @@ def _run_job(cfg: JobConfig, dry_run: bool, progress: Any, say: Callable[[str], 
                 workers=o.get("workers"),
                 threads_per_worker=o.get("threads_per_worker"),
                 memory_limit=o.get("memory_limit"),
+                dashboard=bool(o.get("dashboard")),
             ) as client,
         ):
+            if o.get("dashboard"):
+                link = getattr(client, "dashboard_link", None) if client is not None else None
+                say(f"dashboard: {link}" if link else "dashboard: none (no cluster: --workers 0)")
             summary = runner(cfg, client, ckpt, progress, plan.fingerprint, say)
     except BaseException as exc:
         if ckpt is not None:

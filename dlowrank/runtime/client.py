@@ -45,8 +45,11 @@ def connect(
     threads_per_worker: int | None = None,
     memory_limit: str | int | None = None,
     security: Any = None,
+    dashboard: bool = False,
 ) -> Iterator[Any]:
     """Yield a ``distributed.Client`` (or None for dask's threads in this process).
+    ``dashboard``: the LocalCluster serves distributed's dashboard on 127.0.0.1 (its link:
+    ``client.dashboard_link``).
 
     Order of precedence: ``scheduler`` (an address), ``scheduler_file``, the
     ``DASK_SCHEDULER_ADDRESS`` environment variable, else a LocalCluster of
@@ -103,7 +106,7 @@ def connect(
     if workers == 0:
         yield None
         return
-    with local_cluster(workers, threads_per_worker, memory_limit, security) as client:
+    with local_cluster(workers, threads_per_worker, memory_limit, security, dashboard) as client:
         yield client
 
 
@@ -113,10 +116,12 @@ def local_cluster(
     threads_per_worker: int | None = None,
     memory_limit: str | int | None = None,
     security: Any = None,
+    dashboard: bool = False,
 ) -> Iterator[Any]:
     """A client of a LocalCluster of worker processes on 127.0.0.1 that only this
     process can use (TLS with a temporary credential unless ``security`` is given),
-    with no dashboard; closed on exit.
+    with no dashboard unless ``dashboard`` (then distributed's dashboard, on a free
+    loopback port; it needs bokeh); closed on exit.
 
     Without ``memory_limit``, the cluster fits the memory this process may use
     (:func:`dlowrank.runtime.budget.measure`: a cgroup limit, RLIMIT_AS or the available
@@ -127,6 +132,16 @@ def local_cluster(
     from distributed import Client, LocalCluster
 
     from dlowrank.runtime.budget import measure
+
+    if dashboard:
+        try:
+            import bokeh  # noqa: F401 - distributed serves its dashboard with bokeh
+        except ImportError as exc:
+            from dlowrank.errors import BackendError
+
+            raise BackendError(
+                '--dashboard needs bokeh: pip install "dlowrank[dashboard]"'
+            ) from exc
 
     if memory_limit is None:
         budget = measure()
@@ -157,13 +172,11 @@ def local_cluster(
         **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
         "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
     }
+    settings = {"distributed.nanny.pre-spawn-environ": environ}
+    if not dashboard:
+        settings["distributed.scheduler.http.routes"] = ["distributed.http.health"]
     with (
-        dask.config.set(
-            {
-                "distributed.scheduler.http.routes": ["distributed.http.health"],
-                "distributed.nanny.pre-spawn-environ": environ,
-            }
-        ),
+        dask.config.set(settings),
         LocalCluster(
             host="127.0.0.1", dashboard_address="127.0.0.1:0", processes=True, **kwargs
         ) as cluster,
