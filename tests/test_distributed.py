@@ -12,13 +12,15 @@ from dlowrank.app.bench_tall import _task_inputs_plugin
 
 @pytest.fixture(scope="module")
 def cluster():
-    # Per-worker memory limit far below the matrix (see the out-of-core test).
+    # Per-worker memory limit far below the matrix (see the out-of-core test). A worker
+    # holds about 270 MB once dlowrank is imported where xarray is installed (dask.array
+    # imports it, pandas and pyarrow: measured 195 MB without them).
     with LocalCluster(
         n_workers=2,
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        memory_limit="300MB",
+        memory_limit="400MB",
         dashboard_address=None,
     ) as cluster:
         yield cluster
@@ -26,12 +28,12 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
-    """1.2 GB float64 in Zarr: four times one worker's limit, twice both limits together."""
+    """1.2 GB float64 in Zarr: three times one worker's limit, 1.5 times both together."""
     path = str(tmp_path_factory.mktemp("ooc") / "big.zarr")
     made = dlowrank.generate(
         path, (50_000, 3_000), 60, decay=0.9, noise=1e-5, chunks=(1_000, 3_000), seed=0
     )
-    assert made.array.nbytes >= 4 * 300e6
+    assert made.array.nbytes >= 3 * 400e6
     return path, made
 
 
