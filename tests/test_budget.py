@@ -135,7 +135,7 @@ def test_a_matrix_over_three_times_an_rlimit_as_budget_runs_under_it(tmp_path):
         text=True,
         env={**env, "MALLOC_ARENA_MAX": "2"},
     )
-    limit = int(done.stdout) + (355 << 20)
+    limit = int(done.stdout) + (300 << 20)  # with xarray installed (dask.array imports it)
 
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
