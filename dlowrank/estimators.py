@@ -260,14 +260,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_iter_ = int(r.n_iter)
         self.rel_error_ = float(r.rel_error)
         self.n_passes_ = int(r.passes)
-        if large:  # ||X||_F costs one more read
-            import dask.array as da
-
-            norm = float(da.linalg.norm(X).compute())
-            self.n_passes_ += 1
-        else:
-            norm = float(np.linalg.norm(X))
-        self.reconstruction_err_ = self.rel_error_ * norm
+        # ||X - W H||_F from the objective at the returned factors (its last loss entry):
+        # no read of X, only of W when a penalty has to be taken out
+        penalty = 0.0
+        if self.weight_decay:
+            u2 = float(np.asarray((r.u**2).sum()))
+            penalty = 0.5 * self.weight_decay * (u2 + float(np.sum(np.asarray(r.v) ** 2)))
+        self.reconstruction_err_ = float(np.sqrt(max(2.0 * (float(r.loss[-1]) - penalty), 0.0)))
         return r.u
 
     @property

@@ -373,9 +373,7 @@ def _grow(run: Run, result: Any, kept: dict, old_a: tuple, new_a: tuple) -> Any:
     y_old = _reader(result.sketch_y)
     space = engine.space
     delta = Tall(space, refs=dy, base_width=k)
-    y = space.make(_padded_rows, args=(y_old, old[0]), width=k, what="y").map(
-        _plus, delta, width=k, what="y"
-    )
+    y = delta.map(_with_old_rows, args=(y_old, old[0]), width=k, what="y")  # one tall copy
     x = dx.copy()
     x[:, : old[1]] += np.asarray(result.sketch_x)
     e = de.copy()
@@ -452,17 +450,14 @@ def _reader(y: Any) -> Any:
     return np.asarray(y)  # another lazy array: small by construction (in-memory results)
 
 
-def _padded_rows(i: int, span: tuple, y_old: Any, m0: int) -> np.ndarray:
-    """Rows ``span`` of the stored Y, zero below its m0 rows."""
+def _with_old_rows(i: int, span: tuple, delta: Any, y_old: Any, m0: int) -> np.ndarray:
+    """Rows ``span`` of the grown Y: the stored Y's (zero below its m0 rows) plus the
+    new entries' share ``delta`` (None where the windows read nothing)."""
     r0, r1 = span
     out = np.zeros((r1 - r0, y_old.shape[1]))
     if r0 < m0:
         out[: min(r1, m0) - r0] = np.asarray(y_old[r0 : min(r1, m0)])
-    return out
-
-
-def _plus(i: int, span: tuple, p: np.ndarray, q: Any) -> np.ndarray:
-    return p if q is None else p + q
+    return out if delta is None else out + delta
 
 
 def _check_covered(
