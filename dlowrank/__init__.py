@@ -13,27 +13,36 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-from dlowrank.exact import exact_eigh, exact_svd, svt  # noqa: E402
-from dlowrank.factorization import (  # noqa: E402
-    canonicalize,
-    contributions,
-    factorize,
-    nmf,
-    predict,
-    rmse,
-)
+# Every name is imported on first use (PEP 562): a worker process that unpickles a
+# kernel imports ``dlowrank`` without dask.array (which pulls in xarray, pandas and
+# pyarrow wherever they are installed: about 70 MB a worker).
+_EXPORTS = {
+    "dlowrank.exact": ("exact_eigh", "exact_svd", "svt"),
+    "dlowrank.factorization": (
+        "canonicalize",
+        "contributions",
+        "factorize",
+        "nmf",
+        "predict",
+        "rmse",
+    ),
+    "dlowrank.io.matrix": ("open_matrix",),
+    "dlowrank.results": ("EighResult", "FactorizationResult", "SVDResult", "load"),
+    "dlowrank.spectrum": (
+        "cumulative_energy",
+        "optimal_error",
+        "rank_for_energy",
+        "spectrum_summary",
+        "stable_rank",
+    ),
+    "dlowrank.streaming": ("nystrom", "randomized_svd", "sketch_svd"),
+    "dlowrank.updates": ("append", "update"),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+
+# ``generate`` is also a submodule's name: importing the submodule would rebind it, so
+# it is imported now (dlowrank.generate imports dask.array only where it uses it).
 from dlowrank.generate import TestMatrix, generate, make_matrix  # noqa: E402
-from dlowrank.io.matrix import open_matrix  # noqa: E402
-from dlowrank.results import EighResult, FactorizationResult, SVDResult, load  # noqa: E402
-from dlowrank.spectrum import (  # noqa: E402
-    cumulative_energy,
-    optimal_error,
-    rank_for_energy,
-    spectrum_summary,
-    stable_rank,
-)
-from dlowrank.streaming import nystrom, randomized_svd, sketch_svd  # noqa: E402
-from dlowrank.updates import append, update  # noqa: E402
 
 __all__ = [
     "EighResult",
@@ -74,6 +83,12 @@ _ESTIMATORS = ("NMF", "TruncatedSVD")
 
 
 def __getattr__(name: str):
+    if name in _HOME:
+        import importlib
+
+        value = getattr(importlib.import_module(_HOME[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     if name in _ESTIMATORS:
         try:
             from dlowrank import estimators
@@ -86,3 +101,7 @@ def __getattr__(name: str):
             ) from exc
         return getattr(estimators, name)
     raise AttributeError(f"module 'dlowrank' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

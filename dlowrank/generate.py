@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 import zarr
 from dask.base import tokenize
 
 from dlowrank.errors import ParameterError
-from dlowrank.io.matrix import open_matrix
 from dlowrank.io.store import check_writable, publish
 from dlowrank.kernels import testmatrix
+
+if TYPE_CHECKING:  # imported where used: ``import dlowrank`` stays without dask.array
+    import dask.array as da
+
 from dlowrank.params import (
     parse_choice,
     parse_dtype,
@@ -119,11 +121,15 @@ def _entropy(seq: np.random.SeedSequence) -> int | tuple[int, ...]:
 
 def _parse_chunks(chunks: Any, shape: tuple[int, int], dtype: np.dtype) -> tuple:
     if chunks == "auto":
-        return da.core.normalize_chunks("auto", shape, dtype=dtype)
+        from dask.array.core import normalize_chunks
+
+        return normalize_chunks("auto", shape, dtype=dtype)
     if not isinstance(chunks, (tuple, list)) or len(chunks) != 2:
         raise ParameterError(f"`chunks` must be 'auto' or two positive integers; got {chunks!r}")
     sizes = tuple(min(parse_int(c, "chunks", 1), d) for c, d in zip(chunks, shape, strict=True))
-    return da.core.normalize_chunks(sizes, shape)
+    from dask.array.core import normalize_chunks
+
+    return normalize_chunks(sizes, shape)
 
 
 def _make_block(spec, rinv_u, rinv_v, dtype, block_info=None):
@@ -133,6 +139,8 @@ def _make_block(spec, rinv_u, rinv_v, dtype, block_info=None):
 
 def _lazy(spec: testmatrix.TestMatrixSpec, chunks: tuple, dtype: np.dtype) -> da.Array:
     rinv_u, rinv_v = testmatrix.rinvs(spec)
+    import dask.array as da
+
     return da.map_blocks(
         _make_block,
         spec,
@@ -260,4 +268,6 @@ def generate(
         mark_complete=mark_complete,
     )
     logger.info("generated %s: %s %s", url, made.spec.shape, made.array.dtype)
+    from dlowrank.io.matrix import open_matrix
+
     return TestMatrix(open_matrix(url, storage_options=storage_options), made.spec)

@@ -128,7 +128,12 @@ def test_a_matrix_over_three_times_an_rlimit_as_budget_runs_under_it(tmp_path):
     path = str(tmp_path / "a.zarr")
     dlowrank.generate(path, (100_000, 400), 10, chunks=(2500, 400), noise=0.01, seed=0)
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    probe = "import dlowrank.app.cli, psutil; print(psutil.Process().memory_info().vms)"
+    # what the svd command has imported when it sets its budget (dlowrank imports its
+    # parts on first use, dask.array among them)
+    probe = (
+        "import dlowrank.app.cli, dlowrank.streaming, dlowrank.io.matrix, psutil; "
+        "print(psutil.Process().memory_info().vms)"
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,

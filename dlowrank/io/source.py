@@ -20,16 +20,18 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
-import dask.array as da
 import numpy as np
 import zarr
 
 from dlowrank.errors import InputError, StorageError
-from dlowrank.io.matrix import as_dask_matrix, zarr_origin
+
+if TYPE_CHECKING:  # dask.array is imported where it is used: the tasks that read a
+    import dask.array as da  # source run in workers that need not import it (nor xarray)
 
 Rect = tuple[int, int, int, int]  # r0, r1, c0, c1 in A's coordinates
 
@@ -72,6 +74,8 @@ class ZarrSource:
 
     def to_dask(self) -> da.Array:
         """A as a Dask array in the compute dtype."""
+        import dask.array as da
+
         x = da.from_zarr(self._zarr())
         return x if x.dtype == self.dtype else x.astype(self.dtype)
 
@@ -237,6 +241,8 @@ def open_source(a: Any, *, name: str = "a", storage_options: dict | None = None)
         ratings = open_ratings(a, storage_options=storage_options)
         if ratings is not None:
             return ratings
+    from dlowrank.io.matrix import as_dask_matrix, zarr_origin
+
     a = bare_zarr(a) or a  # da.from_zarr(...) as it came: read the store directly
     if isinstance(a, zarr.Array):
         x = as_dask_matrix(a, name=name)
@@ -253,7 +259,8 @@ def bare_zarr(a: Any) -> zarr.Array | None:
     """The Zarr array behind ``a`` when ``a`` is exactly ``da.from_zarr(z)`` (the whole
     array, in its own chunks, nothing computed on it): passes then read the store
     themselves, as for a path, instead of dask reading chunks and moving them."""
-    if not isinstance(a, da.Array) or len(a.dask.layers) != 2 or a.ndim != 2:
+    da = sys.modules.get("dask.array")  # not imported: ``a`` cannot be a Dask array
+    if da is None or not isinstance(a, da.Array) or len(a.dask.layers) != 2 or a.ndim != 2:
         return None
     graph = dict(a.dask)
     if len(graph) != int(np.prod(a.numblocks)) + 1:
