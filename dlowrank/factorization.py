@@ -68,7 +68,14 @@ def _check_factorize(v: dict, source: Any) -> dict:
             "or a ratings group"
         )
     max_iter = v["max_iter"] if v["max_iter"] is not None else (100 if solver == "als" else 5000)
+    if v["biases"] and solver != "als":
+        raise ParameterError(
+            f"`biases` = True needs solver='als' (got solver={solver!r}); drop biases or use ALS"
+        )
+    decay = v["bias_decay"] if v["bias_decay"] is not None else v["weight_decay"]
     return {
+        "biases": v["biases"],
+        "bias_decay": decay if v["biases"] else None,
         "rank": k,
         "weight_decay": v["weight_decay"],
         "solver": solver,
@@ -115,6 +122,19 @@ FACTORIZE = Spec(
             "init", (None, "svd", "random"), None, "svd or random (default: svd for complete data)."
         ),
         Param("missing", (None, "nan"), None, "nan: NaN entries are missing."),
+        Param(
+            "biases",
+            bool,
+            False,
+            "Fit a global mean and row and column biases besides the factors (ALS).",
+        ),
+        Param(
+            "bias_decay",
+            float,
+            None,
+            "L2 penalty on the biases (default: weight_decay).",
+            low=0.0,
+        ),
         MAX_SECONDS,
         *ENGINE,
     ),
@@ -148,6 +168,8 @@ def factorize(
     seed: Any = 0,
     init: str | None = None,
     missing: str | None = None,
+    biases: bool = False,
+    bias_decay: float | None = None,
     max_seconds: float | None = None,
     client: Any = None,
     storage_options: dict | None = None,
@@ -197,6 +219,15 @@ def factorize(
         "nan": NaN entries are missing and left out of the loss. A ratings group
         (``dlowrank convert --ratings``) is always read sparse: only its stored
         entries are observed, and nothing is densified.
+    biases : bool, default False
+        Fit ``a ≈ mean + b_i + c_j + u_i . v_j``: a global mean and row and column
+        biases besides the factors, the standard baseline of recommender models (ALS
+        only). The penalty adds ``bias_decay``/2 (||b||² + ||c||²); the mean is not
+        penalized. Each ALS row and column then solves a system of size k + 1, in the
+        same one pass per iteration. The result has ``mean``, ``row_bias`` (m,) and
+        ``col_bias`` (n,), and :func:`predict` adds them.
+    bias_decay : float, optional
+        β >= 0, the penalty on the biases; default ``weight_decay``.
 
     seed : int, SeedSequence or None, default 0
         Seed of the random start and of the SVD start's test matrix.
@@ -229,7 +260,10 @@ def factorize(
     else:
         st = _fz.State(*_fz.random_init(engine, k, run.seed, 1e-2))
     monitor = _deadline(run.values["max_seconds"], run.start)
-    if solver == "als":
+    if p["biases"]:
+        st.biases = _fz.Biases(p["bias_decay"])
+        st = _fz.als_biased(engine, st, alpha, masked, p["max_iter"], p["tol"], monitor=monitor)
+    elif solver == "als":
         st = _fz.als(engine, st, alpha, masked, p["max_iter"], p["tol"], monitor=monitor)
     else:
         st = _fz.gradient_descent(
@@ -368,7 +402,8 @@ def _take(x: Any, index: Any) -> np.ndarray:
 
 
 def predict(result: FactorizationResult, rows: Any, cols: Any) -> np.ndarray:
-    """Predicted entries ``u[rows[t]] . v[cols[t]]`` for index arrays of equal length.
+    """Predicted entries ``u[rows[t]] . v[cols[t]]`` for index arrays of equal length
+    (plus ``mean + row_bias[rows[t]] + col_bias[cols[t]]`` for a result with biases).
 
     Examples
     --------
@@ -386,7 +421,10 @@ def predict(result: FactorizationResult, rows: Any, cols: Any) -> np.ndarray:
     m, n = result.u.shape[0], result.v.shape[0]
     if rows.size and (rows.min() < 0 or rows.max() >= m or cols.min() < 0 or cols.max() >= n):
         raise ParameterError(f"indices must lie in [0, {m}) for rows and [0, {n}) for columns")
-    return np.einsum("tk,tk->t", _take(result.u, rows), _take(result.v, cols))
+    out = np.einsum("tk,tk->t", _take(result.u, rows), _take(result.v, cols))
+    if result.has_biases:
+        out += result.mean + _take(result.row_bias, rows) + _take(result.col_bias, cols)
+    return out
 
 
 def rmse(result: FactorizationResult, rows: Any, cols: Any, values: Any) -> float:

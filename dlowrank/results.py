@@ -366,15 +366,27 @@ class FactorizationResult(_Provenance):
     loss: np.ndarray = None
     n_iter: int = 0
     converged: bool = False
+    # ``factorize(..., biases=True)``: a ≈ mean + row_bias[:, None] + col_bias + u @ v.T
+    mean: float | None = None
+    row_bias: Any = None
+    col_bias: Any = None
     _arrays: ClassVar[tuple[str, ...]] = ("u", "v", "loss")
+    _optional: ClassVar[tuple[str, ...]] = ("row_bias", "col_bias")
     _kind: ClassVar[str] = "factorization"
 
     @property
     def rank(self) -> int:
         return int(self.u.shape[1])
 
+    @property
+    def has_biases(self) -> bool:
+        return self.mean is not None
+
     def to_dense(self) -> np.ndarray:
-        return self.u @ self.v.T
+        x = self.u @ self.v.T
+        if self.has_biases:
+            x = x + (self.mean + np.asarray(self.row_bias)[:, None] + np.asarray(self.col_bias))
+        return x
 
     def _derived(self) -> dict:
         return {"rank": self.rank, "shape": [int(self.u.shape[0]), int(self.v.shape[0])]}

@@ -38,6 +38,20 @@ class State:
     converged: bool = False
     residual2: float = 0.0  # ||M * (A - U V^T)||_F^2 at the returned factors
     u2: float | None = None  # ||U||_F^2 of ``u`` when a pass summed it
+    biases: Biases | None = None  # the global mean and row and column biases, if fitted
+
+
+@dataclass
+class Biases:
+    """The bias terms of ``mean + b_i + c_j + u_i . v_j``: ``col`` = c (n,); the row
+    biases b are the last column of the state's ``u`` minus ``shift`` (the mean of b,
+    moved into ``mean`` after the row step without rewriting U's panels)."""
+
+    decay: float
+    mean: float = 0.0
+    col: np.ndarray | None = None
+    shift: float = 0.0
+    b2: float = 0.0  # ||b||^2 of the shifted row biases
 
 
 def _penalty(alpha: float, u2: float, v: np.ndarray) -> float:
@@ -156,6 +170,79 @@ def als(
     # the loss history ends with the objective at the returned factors (U_T, V_T)
     st.loss.append(0.5 * st.residual2 + _penalty(alpha, st.u2, st.v))
     return st
+
+
+def als_biased(
+    engine: PassEngine,
+    st: State,
+    alpha: float,
+    masked: bool,
+    max_iter: int,
+    tol: float,
+    monitor=None,
+) -> State:
+    """ALS for ``mean + b_i + c_j + u_i . v_j`` with penalties alpha on U, V and
+    ``st.biases.decay`` (beta) on b, c; each iteration is one fused pass.
+
+    Each row solves for [u_i, b_i], each column for [v_j, c_j] (ridge systems of size
+    k + 1). After each half step the mean of the new biases moves into ``mean``: the
+    predictions stay, the penalty can only drop, and at the optimum the biases have
+    mean zero (the mean's own optimality), so no pass is spent on the mean.
+    """
+    bias = st.biases
+    m, n = engine.tall_shape
+    k = st.v.shape[1]
+    reg = np.r_[np.full(k, float(alpha)), float(bias.decay)]
+    if bias.col is None:
+        bias.col = np.zeros(n)
+    for _ in range(max_iter):
+        y = np.column_stack([st.v, np.ones(n)])
+        inv_y = None if masked else _inverse(y.T @ y + np.diag(reg))
+        first = st.n_iter == 0
+        out = engine.run(
+            passkernels.als_step, y, inv_y, reg, masked, (bias.mean + bias.col, bias.mean)
+        )
+        st.fro2 = engine.fro2
+        if first:
+            _check_observed(engine, out, masked)
+        sums = out.sums
+        shift = float(sums["bsum"]) / m
+        b2 = float(sums["b2"]) - m * shift * shift
+        c2 = float(bias.col @ bias.col)
+        penalty = _penalty(alpha, float(sums["u2"]), st.v) + 0.5 * bias.decay * (b2 + c2)
+        st.loss.append(0.5 * float(sums["res2"]) + penalty)
+        # the column-side sums used mean + b_i; the same as (mean + shift) + (b_i - shift)
+        bias.mean, bias.shift, bias.b2 = bias.mean + shift, shift, b2
+        atu = sums["atu"]
+        if masked:
+            cgram = sums["cgram"].reshape(n, k + 1, k + 1)
+            z = factor.batched_ridge(cgram, atu, reg)
+            fit = -2 * np.sum(z * atu) + np.einsum("jk,jkl,jl->", z, cgram, z)
+        else:
+            z = atu @ _inverse(sums["utu"] + np.diag(reg))
+            fit = -2 * np.sum(z * atu) + np.sum(sums["utu"] * (z.T @ z))
+        col_shift = float(z[:, k].mean())
+        bias.mean, bias.col = bias.mean + col_shift, z[:, k] - col_shift
+        st.u, st.v, st.u2, st.n_iter = out.rows["u"], z[:, :k], float(sums["u2"]), st.n_iter + 1
+        st.residual2 = max(float(sums["target2"]) + float(fit), 0.0)  # at (U_t, V_t)
+        if monitor is not None and monitor(st.u, st.v):
+            break
+        if _converged(st.loss, tol):
+            st.converged = True
+            break
+    c2 = float(bias.col @ bias.col)
+    st.loss.append(
+        0.5 * st.residual2 + _penalty(alpha, st.u2, st.v) + 0.5 * bias.decay * (bias.b2 + c2)
+    )
+    return st
+
+
+def _inverse(gram: np.ndarray) -> np.ndarray:
+    """The inverse of a small symmetric system, or its pseudo-inverse when singular."""
+    try:
+        return np.linalg.inv(gram)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(gram, hermitian=True)
 
 
 def gradient_descent(

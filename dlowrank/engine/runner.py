@@ -323,6 +323,15 @@ class Run:
             else st.u.astype(self.dtype)
         )
         self.engine.close()
+        bias = getattr(st, "biases", None)
+        extra: dict = {}
+        if bias is not None:  # the row biases are the last column of the tall factor
+            k = st.v.shape[1]
+            tall, row_bias = tall[:, :k], tall[:, k] - tall.dtype.type(bias.shift)
+            col_bias = bias.col.astype(self.dtype)
+            if self.engine.transpose:
+                row_bias, col_bias = col_bias, row_bias
+            extra = {"mean": float(bias.mean), "row_bias": row_bias, "col_bias": col_bias}
         u, v = (
             (st.v.astype(self.dtype), tall)
             if self.engine.transpose
@@ -331,6 +340,7 @@ class Run:
         result = FactorizationResult(
             u=u,
             v=v,
+            **extra,
             loss=np.asarray(st.loss),
             n_iter=st.n_iter,
             converged=st.converged,

@@ -19,12 +19,13 @@ def ridge_inverse(gram: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def batched_ridge(grams: np.ndarray, rhs: np.ndarray, alpha: float) -> np.ndarray:
-    """Solve (G_r + alpha I) x_r = b_r for a stack of small systems (r, k, k), (r, k).
+    """Solve (G_r + alpha I) x_r = b_r for a stack of small systems (r, k, k), (r, k);
+    ``alpha`` a scalar or one value per unknown (a diagonal penalty).
 
     A row with no observations and alpha = 0 has G_r = 0; least squares gives x_r = 0.
     """
     k = grams.shape[-1]
-    systems = grams + alpha * np.eye(k)
+    systems = grams + np.diag(np.broadcast_to(np.asarray(alpha, dtype=np.float64), (k,)))
     try:
         return np.linalg.solve(systems, rhs[..., None])[..., 0]
     except np.linalg.LinAlgError:

@@ -248,15 +248,79 @@ def _residual_sparse(s, rows, u, v, first) -> dict:
     return {"sums": sums, "rows": rows_out, "cols": _EMPTY}
 
 
-def als_step(block, rows, cols, v, inv_v, alpha, masked) -> dict:
+def _als_biased(block, rows, y, inv_y, reg, masked, offset, mean) -> dict:
+    """als_step with a global mean and row and column biases (see :func:`als_step`).
+
+    ``y`` = [V, 1] (n, k+1), ``offset`` = mean + c (the column biases), ``reg`` the
+    diagonal penalty (alpha for the factors, beta for the bias). Each row solves for
+    x_i = [u_i, b_i] against r_ij - offset_j; the column-side sums are those of
+    w_i = [u_i, 1] against r_ij - mean - b_i, so the driver solves z_j = [v_j, c_j].
+    """
+    k1 = y.shape[1]
+    if scipy.sparse.issparse(block):
+        s, ind, rowidx = _sparse_parts(block)
+        t = s.copy()
+        t.data = s.data - offset[s.indices]
+        x = factor.batched_ridge(
+            np.asarray(ind @ factor.outer_rows(y)).reshape(-1, k1, k1), np.asarray(t @ y), reg
+        )
+        res = t.data - np.einsum("tk,tk->t", x[rowidx], y[s.indices])
+        w = np.column_stack([x[:, :-1], np.ones(len(x))])
+        t.data = s.data - mean - x[rowidx, -1]
+        sums = {"atu": np.asarray(t.T @ w), "cgram": np.asarray(ind.T @ factor.outer_rows(w))}
+        target2, observed = t.data @ t.data, np.diff(s.indptr)
+        sums["col_obs"] = np.asarray(ind.sum(axis=0)).ravel()
+    else:
+        a, mask = _observed(block, masked)
+        t = a - offset
+        if mask is None:
+            x = (t @ y) @ inv_y
+            r = t - x @ y.T
+        else:
+            t *= mask
+            grams = (mask @ factor.outer_rows(y)).reshape(-1, k1, k1)
+            x = factor.batched_ridge(grams, t @ y, reg)
+            r = t - mask * (x @ y.T)
+        res = r.ravel()
+        w = np.column_stack([x[:, :-1], np.ones(len(x))])
+        t = a - mean - x[:, -1:]
+        if mask is None:
+            sums = {"utu": w.T @ w}
+        else:
+            t *= mask
+            sums = {"cgram": mask.T @ factor.outer_rows(w), "col_obs": mask.sum(axis=0)}
+            observed = mask.sum(axis=1)
+        sums["atu"] = t.T @ w
+        target2 = np.sum(t * t)
+    u, b = x[:, :-1], x[:, -1]
+    sums.update(
+        {
+            "res2": np.asarray(res @ res),
+            "u2": np.asarray(np.sum(u * u)),
+            "bsum": np.asarray(b.sum()),
+            "b2": np.asarray(b @ b),
+            "target2": np.asarray(target2),
+        }
+    )
+    rows_out = {"u": x}
+    if masked or scipy.sparse.issparse(block):  # the first row without any observation, or -1
+        empty = np.nonzero(observed == 0)[0]
+        rows_out["empty_row"] = np.asarray(empty[0] + rows[0] if empty.size else -1)
+    return {"sums": sums, "rows": rows_out, "cols": _EMPTY}
+
+
+def als_step(block, rows, cols, v, inv_v, alpha, masked, bias=None) -> dict:
     """Fused ALS iteration on a row panel: U_i from V (ridge), then the V-side sums.
 
     Dense: U_i = A_i V (V^T V + alpha I)^{-1}; sums A_i^T U_i, U_i^T U_i. Masked
     (NaN = missing): each row solves its own ridge system over its observed
     columns; the sums are per-column Grams sum_i m_ij u_i u_i^T and A^T U.
     The loss terms are those of (U_i, V) -- the new U with the old V. A sparse
-    panel (ratings) is masked by its stored entries.
+    panel (ratings) is masked by its stored entries. With ``bias`` = (offset, mean)
+    the model has a global mean and row and column biases (:func:`_als_biased`).
     """
+    if bias is not None:
+        return _als_biased(block, rows, v, inv_v, alpha, masked, *bias)
     if scipy.sparse.issparse(block):
         return _als_sparse(block, rows, v, alpha)
     a, mask = _observed(block, masked)
