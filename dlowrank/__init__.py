@@ -49,6 +49,7 @@ __all__ = [
     "NMF",
     "TruncatedSVD",
     "FactorizationResult",
+    "MatrixCompletion",
     "SVDResult",
     "TestMatrix",
     "__version__",
@@ -79,7 +80,7 @@ __all__ = [
 
 
 #: scikit-learn estimators, imported on first use (scikit-learn is an optional extra).
-_ESTIMATORS = ("NMF", "TruncatedSVD")
+_ESTIMATORS = ("MatrixCompletion", "NMF", "TruncatedSVD")
 
 
 def __getattr__(name: str):

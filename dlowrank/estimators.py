@@ -1,12 +1,13 @@
 """scikit-learn estimators over dlowrank's streaming functions.
 
-``TruncatedSVD`` and ``NMF`` take scikit-learn's parameter names where they mean the
-same thing (``n_components``, ``random_state``, ``n_iter``, ``max_iter``, ``tol``) and
-dlowrank's own pass controls besides. ``fit`` takes a NumPy array (validated as
-scikit-learn does), a dask array, a ``zarr.Array`` or a Zarr path; the large inputs
-are streamed, never loaded, and ``transform`` of one is lazy (or written to Zarr with
-``out=``). Fitted attributes follow scikit-learn's, plus ``rel_error_`` (the
-result's relative Frobenius error) and ``n_passes_`` (reads of the input).
+``TruncatedSVD``, ``NMF`` and ``MatrixCompletion`` take scikit-learn's parameter names
+where they mean the same thing (``n_components``, ``random_state``, ``n_iter``,
+``max_iter``, ``tol``) and dlowrank's own pass controls besides. ``fit`` takes a NumPy
+array (validated as scikit-learn does), a dask array, a ``zarr.Array`` or a Zarr path
+(``MatrixCompletion`` also a ratings group); the large inputs are streamed, never
+loaded, and ``transform`` of one is lazy (or written to Zarr with ``out=``). Fitted
+attributes follow scikit-learn's, plus ``rel_error_`` (the result's relative Frobenius
+error) and ``n_passes_`` (reads of the input).
 
 Needs scikit-learn (``pip install "dlowrank[sklearn]"``).
 """
@@ -298,6 +299,202 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def inverse_transform(self, X: Any) -> Any:
         check_is_fitted(self)
         return np.asarray(X) @ self.components_
+
+
+class MatrixCompletion(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Matrix completion with weight decay: ``X ~ mean + b_i + c_j + u_i . v_j`` fitted to
+    the observed entries by ALS (one streaming pass per iteration); the recommender
+    baseline with global, row and column biases (``biases=False``: factors only).
+
+    Parameters
+    ----------
+    n_components : int, default 10
+        Rank k of the factors.
+    weight_decay : float, default 1.0
+        L2 penalty alpha on the factors.
+    biases : bool, default True
+        Fit the global mean and the row and column biases.
+    bias_decay : float, optional
+        L2 penalty on the biases; default ``weight_decay``.
+    max_iter : int, default 15
+        ALS iterations (one read of the input each).
+    tol : float, default 1e-4
+        Stop when the objective changes less than this, relative.
+    clip : (low, high), optional
+        Clip predictions to this range (a rating scale); default no clipping.
+    random_state : int, RandomState instance or None, default None
+    client : distributed.Client, optional
+
+    ``fit`` takes a NumPy array whose NaN entries are missing, a dask array, a Zarr
+    path, or a ratings group (``dlowrank convert --ratings``: only its stored entries
+    are observed, read sparse).
+
+    Attributes
+    ----------
+    components_ : ndarray (n_components, n_features)
+        V^T, the column factors.
+    mean_ : float
+        The global mean (0 without biases).
+    row_bias_, col_bias_ : arrays (n_samples,), (n_features,)
+        The biases (zeros without biases); ``row_bias_`` is lazy for a large input.
+    n_iter_, n_passes_ : int
+    rel_error_ : float
+        ||M * (X - X_hat)||_F / ||M * X||_F on the observed entries M.
+    n_features_in_ : int
+    result_ : FactorizationResult
+    """
+
+    def __init__(
+        self,
+        n_components: int = 10,
+        *,
+        weight_decay: float = 1.0,
+        biases: bool = True,
+        bias_decay: float | None = None,
+        max_iter: int = 15,
+        tol: float = 1e-4,
+        clip: Any = None,
+        random_state: Any = None,
+        client: Any = None,
+    ) -> None:
+        self.n_components = n_components
+        self.weight_decay = weight_decay
+        self.biases = biases
+        self.bias_decay = bias_decay
+        self.max_iter = max_iter
+        self.tol = tol
+        self.clip = clip
+        self.random_state = random_state
+        self.client = client
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def fit(self, X: Any, y: Any = None) -> MatrixCompletion:
+        from dlowrank.factorization import factorize
+
+        if _is_large(X):  # a ratings group is read sparse (only stored entries observed)
+            from dlowrank.io.source import open_source
+
+            self.n_features_in_ = int(open_source(X).shape[1])
+        else:
+            X = validate_data(
+                self,
+                X,
+                dtype=[np.float64, np.float32],
+                ensure_min_samples=2,
+                ensure_all_finite="allow-nan",
+            )
+        r = factorize(
+            X,
+            self.n_components,
+            weight_decay=self.weight_decay,
+            biases=self.biases,
+            bias_decay=self.bias_decay,
+            missing="nan",
+            max_iter=self.max_iter,
+            tol=self.tol,
+            seed=_seed(self.random_state) or 0,
+            client=self.client,
+        )
+        self.result_ = r
+        self.components_ = np.asarray(r.v).T
+        self.mean_ = float(r.mean) if r.has_biases else 0.0
+        self.row_bias_ = r.row_bias if r.has_biases else np.zeros(r.u.shape[0])
+        self.col_bias_ = np.asarray(r.col_bias) if r.has_biases else np.zeros(r.v.shape[0])
+        self.n_iter_ = int(r.n_iter)
+        self.n_passes_ = int(r.passes)
+        self.rel_error_ = float(r.rel_error)
+        self.loss_ = np.asarray(r.loss)
+        return self
+
+    def predict(self, rows: Any, cols: Any = None, out: Any = None) -> Any:
+        """Predicted entries, clipped to ``clip``.
+
+        ``predict(rows, cols)``: the entries (rows[t], cols[t]) of the fitted matrix.
+        ``predict(X)``: every entry of new rows X (NaN: missing), each row's factors
+        folded in as in :meth:`transform`; lazy by row panels for a large X (written
+        to Zarr at ``out`` when given).
+        """
+        from dlowrank.factorization import predict
+
+        check_is_fitted(self)
+        if cols is None:
+            return self._complete(rows, out)
+        return self._clip(predict(self.result_, rows, cols))
+
+    def _clip(self, x: Any) -> Any:
+        if self.clip is None:
+            return x
+        low, high = self.clip
+        return x.clip(low, high) if hasattr(x, "dask") else np.clip(x, low, high)
+
+    def _complete(self, X: Any, out: Any) -> Any:
+        v = self.components_.T
+        if _is_large(X):
+            x = _lazy(X)
+            x = x if x.numblocks[1] == 1 else x.rechunk({1: -1})
+            args = (v, self.col_bias_, self.mean_, self._reg())
+            full = self._clip(x.map_blocks(_fold_in, *args, True, dtype=np.float64))
+            return _save(full, out) if out is not None else full
+        X = validate_data(
+            self, X, dtype=[np.float64, np.float32], reset=False, ensure_all_finite="allow-nan"
+        )
+        return self._clip(_fold_in(X, v, self.col_bias_, self.mean_, self._reg(), True))
+
+    def rmse(self, rows: Any, cols: Any, values: Any) -> float:
+        """Root mean squared error of :meth:`predict` on held-out (rows, cols, values)."""
+        values = np.asarray(values, dtype=np.float64)
+        return float(np.sqrt(np.mean((self.predict(rows, cols) - values) ** 2)))
+
+    def transform(self, X: Any, out: Any = None) -> Any:
+        """Row factors of new rows (fold-in): each row of X (NaN: missing) solves its own
+        ridge system against the fitted column factors and biases. A large input is done
+        lazily by row panels (one pass), written to Zarr at ``out`` when given."""
+        check_is_fitted(self)
+        args = (self.components_.T, self.col_bias_, self.mean_, self._reg())
+        if _is_large(X):
+            x = _lazy(X)
+            x = x if x.numblocks[1] == 1 else x.rechunk({1: -1})  # row panels: rows solve alone
+            u = x.map_blocks(
+                _fold_in, *args, chunks=(x.chunks[0], (self.n_components,)), dtype=np.float64
+            )
+            return _save(u, out) if out is not None else u
+        X = validate_data(
+            self, X, dtype=[np.float64, np.float32], reset=False, ensure_all_finite="allow-nan"
+        )
+        return _fold_in(X, *args)
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.n_components
+
+    def _reg(self) -> np.ndarray:
+        k = self.n_components
+        if not self.biases:
+            return np.full(k, float(self.weight_decay))
+        decay = self.weight_decay if self.bias_decay is None else self.bias_decay
+        return np.r_[np.full(k, float(self.weight_decay)), float(decay)]
+
+
+def _fold_in(x: Any, v: np.ndarray, col_bias: np.ndarray, mean: float, reg: np.ndarray, full=False):
+    """The ridge solution [u_i, b_i] of each row of ``x`` over its observed (non-NaN)
+    entries, given the column factors, biases and mean; returns the u_i, or with
+    ``full`` the predicted rows mean + b_i + c + u_i V^T."""
+    from dlowrank.kernels import factor
+
+    x = np.asarray(x, dtype=np.float64)
+    k = v.shape[1]
+    y = v if reg.size == k else np.column_stack([v, np.ones(len(v))])
+    mask = (~np.isnan(x)).astype(np.float64)
+    t = np.where(mask > 0, x - mean - col_bias, 0.0)
+    grams = (mask @ factor.outer_rows(y)).reshape(-1, y.shape[1], y.shape[1])
+    x = factor.batched_ridge(grams, t @ y, reg)
+    if not full:
+        return x[:, :k]
+    return x @ y.T + (mean + col_bias if reg.size > k else 0.0)
 
 
 def _nnls_rows(x: np.ndarray, h: np.ndarray, max_iter: int, tol: float) -> np.ndarray:

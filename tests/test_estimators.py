@@ -11,11 +11,17 @@ import zarr
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import dlowrank
-from dlowrank.estimators import NMF, TruncatedSVD
+from dlowrank.estimators import NMF, MatrixCompletion, TruncatedSVD
 
 
 # every check applies and passes: none is listed as an expected failure
-@parametrize_with_checks([TruncatedSVD(random_state=0), NMF(random_state=0, max_iter=50, tol=1e-3)])
+@parametrize_with_checks(
+    [
+        TruncatedSVD(random_state=0),
+        NMF(random_state=0, max_iter=50, tol=1e-3),
+        MatrixCompletion(2, random_state=0, max_iter=20),
+    ]
+)
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -73,3 +79,50 @@ def test_nmf_fits_and_transforms_a_large_input_lazily(tmp_path):
 
 def test_the_estimators_are_exported_lazily():
     assert dlowrank.TruncatedSVD is TruncatedSVD and dlowrank.NMF is NMF
+    assert dlowrank.MatrixCompletion is MatrixCompletion
+
+
+def _ratings(m: int = 300, n: int = 80, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = 3.5 + rng.normal(0, 0.3, (m, 1)) + rng.normal(0, 0.3, (1, n))
+    a += 0.5 * rng.standard_normal((m, 4)) @ rng.standard_normal((4, n))
+    return a, rng.random((m, n)) < 0.4
+
+
+def test_matrix_completion_fits_numpy_dask_and_ratings_groups_alike(tmp_path):
+    from dlowrank.io.ratings import write_ratings
+
+    a, seen = _ratings()
+    x = np.where(seen, a, np.nan)
+    rows, cols = np.nonzero(~seen)
+    est = MatrixCompletion(4, weight_decay=1.0, max_iter=500, tol=1e-13, random_state=0).fit(x)
+    assert est.n_passes_ == est.n_iter_ == est.result_.n_iter
+    plain = MatrixCompletion(4, biases=False, weight_decay=1.0, max_iter=60, random_state=0)
+    plain.fit(x)
+    assert plain.mean_ == 0.0 and not plain.col_bias_.any()
+    # the biases carry the offsets the factors would otherwise spend a rank on
+    assert est.rmse(rows, cols, a[~seen]) < 0.7 * plain.rmse(rows, cols, a[~seen])
+    np.testing.assert_allclose(
+        est.predict(rows, cols), dlowrank.predict(est.result_, rows, cols), rtol=1e-12
+    )
+    # fold-in of the training rows at the fitted (converged) column side gives their factors
+    np.testing.assert_allclose(est.transform(x), est.result_.u, atol=1e-5)
+    full = est.predict(x)  # every entry of the rows, missing ones filled in
+    np.testing.assert_allclose(full[~seen], est.predict(rows, cols), atol=1e-5)
+    free = est.predict(rows, cols)
+    low_high = est.set_params(clip=(3.0, 4.0)).predict(rows, cols)  # clipped when predicting
+    assert low_high.min() >= 3.0 and low_high.max() <= 4.0
+    np.testing.assert_allclose(low_high, np.clip(free, 3.0, 4.0))
+
+    path = tmp_path / "ratings.zarr"
+    write_ratings(path, *np.nonzero(seen), a[seen], shape=a.shape)
+    short = MatrixCompletion(4, weight_decay=1.0, max_iter=20, tol=0.0, random_state=0).fit(x)
+    for given in (str(path), da.from_array(x, chunks=(100, 80))):
+        big = MatrixCompletion(4, weight_decay=1.0, max_iter=20, tol=0.0, random_state=0)
+        big.fit(given)
+        assert big.n_features_in_ == 80 and big.n_passes_ == 20
+        np.testing.assert_allclose(big.components_, short.components_, rtol=1e-8, atol=1e-10)
+        assert big.mean_ == pytest.approx(short.mean_, rel=1e-12)
+    lazy = big.predict(da.from_array(x, chunks=(100, 80)), out=str(tmp_path / "full.zarr"))
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), short.predict(x), atol=1e-8)

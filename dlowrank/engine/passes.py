@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 #: 250,000 x 20), rank 5: 256 MB panels peaked at 1378 MB in 20.6 s, 128 MB panels at
 #: 1037 MB in 17.2 s (64 MB: 1035 MB, 18.0 s).
 PANEL_BYTES = 128 << 20
+#: A row of a sparse panel holds, besides 24 bytes per stored entry (value, index and a
+#: product), this much of dense per-row work: a row's Gram of rank 32, or a product of
+#: width 512.
+SPARSE_ROW_BYTES = 8 << 10
 #: A task working on a panel or chunk holds about this many times its float64 bytes (the
 #: raw read, the float64 copy, a decoded chunk in flight, its products).
 TASK_FACTOR = 3
@@ -302,6 +306,9 @@ class Plan:
         tall_shape = (n, m) if transpose else (m, n)
         tall_chunks = (chunks[1], chunks[0]) if transpose else chunks
         band_bytes = tall_shape[1] * 8  # float64 work copy per row of a panel
+        nnz = getattr(source, "nnz", None)
+        if getattr(source, "sparse", False) and nnz:  # a row holds its stored entries
+            band_bytes = min(band_bytes, SPARSE_ROW_BYTES + 24 * -(-nnz // tall_shape[0]))
         if layout == "auto":
             widest = max(tall_chunks[0]) * tall_shape[1] * _entry_bytes(source)
             layout = "panel" if widest <= budget else "block"
