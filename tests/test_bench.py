@@ -109,8 +109,9 @@ def test_factorization_bench_at_tiny_scale():
     assert all(r["reached"] for r in rows)  # each came within 1e-4 of the SVT optimum
     assert rows[2]["passes"] > rows[1]["passes"]  # GD needs more passes than ALS
     comp = bench_completion(weight_decays=(1.0,), scale=0.01, say=lambda line: None)
-    oracle, als = comp
+    oracle, als, biased = comp
     assert oracle["rmse"] < als["rmse"] < 1.0 and als["passes"] == 10
+    assert oracle["rmse"] < biased["rmse_clipped"] <= biased["rmse"] and biased["passes"] == 8
 
 
 def test_throughput_of_one_pass_on_threads_and_a_worker(tmp_path):

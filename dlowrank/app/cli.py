@@ -450,7 +450,17 @@ def _show(result: dict, as_json: bool, fmt: Any) -> None:
 @click.option(
     "--suite",
     type=click.Choice(
-        ["svd", "factorization", "throughput", "memory", "tall", "passes", "growing", "ecosystem"]
+        [
+            "svd",
+            "factorization",
+            "completion",
+            "throughput",
+            "memory",
+            "tall",
+            "passes",
+            "growing",
+            "ecosystem",
+        ]
     ),
     default="svd",
     show_default=True,
@@ -510,6 +520,7 @@ def bench(
     """Compare dlowrank with dask svd_compressed and scikit-learn, side by side.
 
     --suite factorization runs the NMF, matrix-completion and GD-vs-ALS targets;
+    --suite completion runs only the matrix-completion one (ratings recipe);
     --suite memory runs the CLI uncapped and under --cap MB on its whole process tree;
     --suite tall runs svd, svd --passes 1, factorize and nmf on a tall matrix under
     --cap MB, cold, with a bare read pass, true errors and U's orthonormality;
@@ -606,10 +617,17 @@ def bench(
         result["warm"] = run_warm_bench(rank=rank if given["rank"] else 20, scale=scale, say=say)
         _show(result, as_json, lambda r: format_growing(r) + "\n\n" + format_warm(r["warm"]))
         return
-    if suite == "factorization":
-        from dlowrank.app.bench_factor import format_factorization, run_factorization_bench
+    if suite in ("factorization", "completion"):
+        from dlowrank.app.bench_factor import (
+            bench_completion,
+            format_factorization,
+            run_factorization_bench,
+        )
 
-        results = run_factorization_bench(workdir=workdir, scale=scale, say=say)
+        if suite == "completion":
+            results = {"completion": bench_completion(workdir=workdir, scale=scale, say=say)}
+        else:
+            results = run_factorization_bench(workdir=workdir, scale=scale, say=say)
         if as_json:
             _emit_json(results)
         else:

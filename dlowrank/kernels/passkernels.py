@@ -213,16 +213,18 @@ def _sparse_parts(block):
 
 def _als_sparse(s, rows, v, alpha) -> dict:
     """als_step for a sparse panel: only the stored entries are observed."""
-    s, ind, rowidx = _sparse_parts(s)
+    s, ind, _ = _sparse_parts(s)
     k = v.shape[1]
     grams = np.asarray(ind @ factor.outer_rows(v)).reshape(-1, k, k)
-    u = factor.batched_ridge(grams, np.asarray(s @ v), alpha)
-    res = s.data - np.einsum("tk,tk->t", u[rowidx], v[s.indices])
+    rhs = np.asarray(s @ v)
+    u = factor.batched_ridge(grams, rhs, alpha)
+    # ||res||^2 - ||s||^2 from the row systems: no (entries x k) temporaries
+    fit = -2 * np.sum(u * rhs) + np.einsum("rk,rkl,rl->", u, grams, u)
     sums = {
         "atu": np.asarray(s.T @ u),
         "cgram": np.asarray(ind.T @ factor.outer_rows(u)),
         "utu": u.T @ u,
-        "fit": np.asarray(np.sum(res * res) - np.sum(s.data * s.data)),
+        "fit": np.asarray(fit),
         "col_obs": np.asarray(ind.sum(axis=0)).ravel(),
     }
     empty = np.nonzero(np.diff(s.indptr) == 0)[0]
@@ -261,10 +263,11 @@ def _als_biased(block, rows, y, inv_y, reg, masked, offset, mean) -> dict:
         s, ind, rowidx = _sparse_parts(block)
         t = s.copy()
         t.data = s.data - offset[s.indices]
-        x = factor.batched_ridge(
-            np.asarray(ind @ factor.outer_rows(y)).reshape(-1, k1, k1), np.asarray(t @ y), reg
-        )
-        res = t.data - np.einsum("tk,tk->t", x[rowidx], y[s.indices])
+        grams = np.asarray(ind @ factor.outer_rows(y)).reshape(-1, k1, k1)
+        rhs = np.asarray(t @ y)
+        x = factor.batched_ridge(grams, rhs, reg)
+        # sum of squared residuals from the row systems: no (entries x k) temporaries
+        res2 = t.data @ t.data - 2 * np.sum(x * rhs) + np.einsum("rk,rkl,rl->", x, grams, x)
         w = np.column_stack([x[:, :-1], np.ones(len(x))])
         t.data = s.data - mean - x[rowidx, -1]
         sums = {"atu": np.asarray(t.T @ w), "cgram": np.asarray(ind.T @ factor.outer_rows(w))}
@@ -281,7 +284,7 @@ def _als_biased(block, rows, y, inv_y, reg, masked, offset, mean) -> dict:
             grams = (mask @ factor.outer_rows(y)).reshape(-1, k1, k1)
             x = factor.batched_ridge(grams, t @ y, reg)
             r = t - mask * (x @ y.T)
-        res = r.ravel()
+        res2 = np.sum(r * r)
         w = np.column_stack([x[:, :-1], np.ones(len(x))])
         t = a - mean - x[:, -1:]
         if mask is None:
@@ -295,7 +298,7 @@ def _als_biased(block, rows, y, inv_y, reg, masked, offset, mean) -> dict:
     u, b = x[:, :-1], x[:, -1]
     sums.update(
         {
-            "res2": np.asarray(res @ res),
+            "res2": np.asarray(max(float(res2), 0.0)),
             "u2": np.asarray(np.sum(u * u)),
             "bsum": np.asarray(b.sum()),
             "b2": np.asarray(b @ b),
