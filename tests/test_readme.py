@@ -36,6 +36,9 @@ assert isinstance(direct.u, dask.array.Array) and direct.u.name.startswith("from
 assert numpy.array_equal(direct.s, in_memory.s) and direct.peak_memory_mb > 0
 assert grown.params["update"]["from"] == [5000, 300] and grown.u.shape == (5500, 20)
 assert abs(grown.params["update"]["fraction_read"] - 500 / 5500) < 1e-12
+assert biased.row_bias.shape == (500,) and biased.col_bias.shape == (200,)
+assert rec.transform(new_users).shape == (2, 4) and rec.n_passes_ <= 50
+assert rec.rmse(user[test], item[test], rating[test]) < 0.5
 print("README snippets ran")
 """
     script = tmp_path / "readme_snippets.py"
