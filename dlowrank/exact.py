@@ -8,6 +8,7 @@ calls a kernel.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from dlowrank.io.source import dense, input_info, open_source
 from dlowrank.kernels import exact, passkernels
 from dlowrank.params import parse_float, parse_int, parse_rank
 from dlowrank.results import EighResult, SVDResult
+from dlowrank.xr import unlabel
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +110,14 @@ def exact_svd(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYT
     True
     """
     start = time.perf_counter()
+    a, labels = unlabel(a)
     x = _open_small(a, "exact_svd")
     k = parse_rank(rank, x.shape)
     arr, info = _load_small(x, a, max_bytes)
     u, s, vt = exact.svd(arr)
     err = exact.optimal_error(s, k).rel_frobenius
-    return _svd(u[:, :k], s[:k], vt[:k], err, "exact_svd", {"rank": k}, info, start)
+    r = _svd(u[:, :k], s[:k], vt[:k], err, "exact_svd", {"rank": k}, info, start)
+    return r if labels is None else dataclasses.replace(r, labels=labels)
 
 
 def exact_eigh(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BYTES) -> EighResult:
@@ -143,6 +147,7 @@ def exact_eigh(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BY
     True
     """
     start = time.perf_counter()
+    a, labels = unlabel(a)
     x = _open_small(a, "exact_eigh")
     if x.shape[0] != x.shape[1]:
         raise InputError(
@@ -161,7 +166,7 @@ def exact_eigh(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BY
     total = float(np.sum(w**2))
     err = float(np.sqrt(np.sum(w[k:] ** 2) / total)) if total > 0 else 0.0
     dtype = np.dtype(info["dtype"])
-    return EighResult(
+    r = EighResult(
         w=w[:k].astype(dtype),
         v=v[:, :k].astype(dtype),
         rel_error=err,
@@ -172,6 +177,7 @@ def exact_eigh(a: Any, rank: int | None = None, *, max_bytes: int = EXACT_MAX_BY
         input=info,
         seconds=time.perf_counter() - start,
     )
+    return r if labels is None else dataclasses.replace(r, labels=labels)
 
 
 def svt(

@@ -55,6 +55,8 @@ class _Provenance:
     peak_memory_mb: float = 0.0
     version: str = field(default_factory=_version)
     created: str = field(default_factory=_now)
+    # the dims, coordinates and attributes of an xarray.DataArray input (not stored)
+    labels: Any = field(default=None, repr=False, compare=False)
 
     _arrays: ClassVar[tuple[str, ...]] = ()
     _optional: ClassVar[tuple[str, ...]] = ()  # arrays stored only when present
@@ -68,7 +70,7 @@ class _Provenance:
         """Provenance as stored in the Zarr attributes (JSON types only)."""
         out: dict[str, Any] = {"kind": self._kind, "format": FORMAT_VERSION}
         for f in fields(self):
-            if f.name in self._arrays or f.name in self._optional:
+            if f.name in self._arrays or f.name in self._optional or f.name == "labels":
                 continue
             out[f.name] = getattr(self, f.name)
         out.update(self._derived())
@@ -76,6 +78,15 @@ class _Provenance:
 
     def _derived(self) -> dict:
         return {}
+
+    def to_xarray(self) -> Any:
+        """The result as an ``xarray.Dataset``: the factors on the input's dims with its
+        coordinates (for a DataArray input; else dims "row" and "col"), the small arrays
+        on "component", the error and passes in the attributes. Lazy factors stay lazy.
+        Needs xarray."""
+        from dlowrank.xr import result_dataset
+
+        return result_dataset(self)
 
     def _chunks(self, name: str, data: np.ndarray) -> Any:
         """Stored chunks: a factor along the input's rows (or columns) in the input's

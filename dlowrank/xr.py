@@ -15,7 +15,9 @@ Needs xarray (``pip install "dlowrank[xarray]"``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -167,3 +169,87 @@ def _moments(stacked: Any) -> tuple[np.ndarray, np.ndarray]:
     var = stacked.var("sample", skipna=False)
     mean, var = dask.compute(mean.data, var.data)
     return np.asarray(mean, dtype=np.float64), np.asarray(var, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Labels:
+    """What a 2-D DataArray input brings besides its data: the row and column dims,
+    the coordinates along each (index and non-index, a stacked MultiIndex included),
+    its name and attributes."""
+
+    dims: tuple[Hashable, Hashable]
+    rows: Any  # xarray.Coordinates along dims[0]
+    cols: Any  # xarray.Coordinates along dims[1]
+    name: Hashable | None
+    attrs: dict
+
+
+def unlabel(a: Any) -> tuple[Any, Labels | None]:
+    """``a``'s data and :class:`Labels` when ``a`` is an xarray.DataArray, else ``(a,
+    None)``; a DataArray of other than 2 dims is refused with how to stack it."""
+    xr = sys.modules.get("xarray")  # not imported: ``a`` cannot be a DataArray
+    if xr is None or not isinstance(a, xr.DataArray):
+        return a, None
+    if a.ndim != 2:
+        raise InputError(
+            f"`a` is a DataArray with dims {tuple(a.dims)}; the matrix functions take a 2-D "
+            "one. Stack the dims first, e.g. field.stack(sample=('time',), "
+            "feature=('lat', 'lon')).transpose('sample', 'feature'), or use "
+            "dlowrank.xr.eof for an EOF analysis"
+        )
+    row, col = a.dims
+    rows = a.isel({col: 0}, drop=True).coords  # lazy data is not read: only coordinates
+    cols = a.isel({row: 0}, drop=True).coords
+    return a.data, Labels((row, col), rows, cols, a.name, dict(a.attrs))
+
+
+def result_dataset(result: Any) -> Any:
+    """``result.to_xarray()`` (see :meth:`dlowrank.results._Provenance.to_xarray`)."""
+    import xarray as xr
+
+    labels = result.labels
+    row, col = labels.dims if labels is not None else ("row", "col")
+    if row == col:
+        row, col = f"{row}_row", f"{col}_col"
+    rows = labels.rows if labels is not None else None
+    cols = labels.cols if labels is not None else None
+    kind = getattr(result, "_kind", "")
+    if kind == "svd":
+        k = len(result.s)
+        data = {
+            "u": ((row, "component"), result.u),
+            "s": (("component",), np.asarray(result.s)),
+            "v": ((col, "component"), result.vt.T),
+        }
+    elif kind == "eigh":
+        k = len(result.w)
+        data = {"w": (("component",), np.asarray(result.w)), "v": ((row, "component"), result.v)}
+        cols = None
+    else:
+        k = result.u.shape[1]
+        data = {"u": ((row, "component"), result.u), "v": ((col, "component"), result.v)}
+        if result.has_biases:
+            data["row_bias"] = ((row,), result.row_bias)
+            data["col_bias"] = ((col,), result.col_bias)
+    attrs = dict(labels.attrs) if labels is not None else {}
+    attrs.update(
+        {
+            "rel_error": float(result.rel_error),
+            "error_kind": result.error_kind,
+            "passes": int(result.passes),
+            "algorithm": result.algorithm,
+        }
+    )
+    if kind == "factorization" and result.has_biases:
+        attrs["mean"] = float(result.mean)
+    if labels is not None and labels.name is not None:
+        attrs["input_name"] = str(labels.name)
+    out = xr.Dataset(
+        {name: xr.Variable(dims, value) for name, (dims, value) in data.items()},
+        coords={"component": np.arange(1, k + 1)},
+        attrs=attrs,
+    )
+    for coords in (rows, cols):
+        if coords is not None and len(coords):
+            out = out.assign_coords(coords)
+    return out

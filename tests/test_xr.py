@@ -81,3 +81,52 @@ def test_bad_eof_arguments_are_refused_by_name():
         eof(f, 2, weights=xr.DataArray(np.ones(20), dims="time"))
     with pytest.raises(InputError, match="xarray.DataArray"):
         eof(f.values, 2)
+
+
+def test_public_functions_take_a_dataarray_and_results_carry_its_coordinates(tmp_path):
+    import pandas as pd
+
+    import dlowrank
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((300, 40)) * 0.8 ** np.arange(40)
+    a = xr.DataArray(
+        values,
+        dims=("time", "station"),
+        coords={
+            "time": pd.date_range("2000-01-01", periods=300),
+            "station": [f"s{i}" for i in range(40)],
+            "height": ("station", np.arange(40.0)),
+        },
+        name="temp",
+        attrs={"units": "K"},
+    )
+    plain = dlowrank.randomized_svd(values, 5, seed=0)
+    r = dlowrank.randomized_svd(a.chunk({"time": 100}), 5, seed=0, out=tmp_path / "r.zarr")
+    np.testing.assert_allclose(r.s, plain.s, rtol=1e-12)
+    ds = r.to_xarray()
+    assert ds.u.dims == ("time", "component") and ds.v.dims == ("station", "component")
+    assert (ds.time == a.time).all() and list(ds.station.values) == list(a.station.values)
+    np.testing.assert_array_equal(ds.height, a.height)  # a non-index coordinate too
+    np.testing.assert_allclose(ds.v.values, np.asarray(r.vt).T)
+    assert ds.attrs["units"] == "K" and ds.attrs["passes"] == r.passes == 2
+    assert dlowrank.load(tmp_path / "r.zarr").to_xarray().u.dims == ("row", "component")
+
+    f = dlowrank.factorize(a, 3, biases=True, weight_decay=0.1, max_iter=5)
+    fs = f.to_xarray()
+    assert fs.row_bias.dims == ("time",) and fs.col_bias.dims == ("station",)
+    assert fs.attrs["mean"] == f.mean
+    for call in (dlowrank.sketch_svd, dlowrank.exact_svd):
+        assert call(a, 3).to_xarray().u.dims == ("time", "component")
+
+    # a stacked field: the MultiIndex comes back, so the patterns unstack onto the map
+    field = xr.DataArray(
+        rng.standard_normal((50, 4, 6)),
+        dims=("time", "lat", "lon"),
+        coords={"lat": np.arange(4.0), "lon": np.arange(6.0) * 10},
+    )
+    stacked = field.stack(point=("lat", "lon"))
+    patterns = dlowrank.randomized_svd(stacked, 2).to_xarray().v.unstack("point")
+    assert patterns.dims == ("component", "lat", "lon") and patterns.lon.values[-1] == 50.0
+    with pytest.raises(InputError, match=r"DataArray with dims \('time', 'lat', 'lon'\).*stack"):
+        dlowrank.randomized_svd(field, 2)

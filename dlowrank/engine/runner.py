@@ -11,6 +11,7 @@ algorithm on ``run.engine``, ``run.svd(...)`` (or ``eigh``, ``factorization``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -130,6 +131,9 @@ class Run:
         self.start = time.perf_counter()
         self.memory = PeakMemory(interval=0.1).__enter__()  # the result's peak_memory_mb
         weakref.finalize(self, self.memory.__exit__)
+        from dlowrank.xr import unlabel
+
+        a, self.labels = unlabel(a)  # a 2-D DataArray: its data, and its dims and coords
         self.spec, self.a = spec, a
         v = spec.parse(values)
         self.values = v
@@ -191,6 +195,8 @@ class Run:
 
     def _finish(self, result: Any) -> Any:
         """The result, saved at ``out`` when given (its lazy factors then read from there)."""
+        if self.labels is not None:
+            result = dataclasses.replace(result, labels=self.labels)
         out = self.values.get("out")
         if out is None:
             return result
@@ -200,7 +206,10 @@ class Run:
             version = result._publish(
                 out, overwrite=self.values.get("overwrite", False), storage_options=so
             )
-        return result._reopened(out, version, so)
+        reopened = result._reopened(out, version, so)
+        return (
+            reopened if self.labels is None else dataclasses.replace(reopened, labels=self.labels)
+        )
 
     def _provenance(self, algorithm: str | None, params: dict | None) -> dict:
         return {
