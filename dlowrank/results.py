@@ -79,14 +79,15 @@ class _Provenance:
     def _derived(self) -> dict:
         return {}
 
-    def to_xarray(self) -> Any:
+    def to_xarray(self, unstack: bool = True) -> Any:
         """The result as an ``xarray.Dataset``: the factors on the input's dims with its
         coordinates (for a DataArray input; else dims "row" and "col"), the small arrays
         on "component", the error and passes in the attributes. Lazy factors stay lazy.
-        Needs xarray."""
+        With ``unstack`` a dim the input had stacked (a MultiIndex) is unstacked, so
+        patterns come back on (lat, lon). Needs xarray."""
         from dlowrank.xr import result_dataset
 
-        return result_dataset(self)
+        return result_dataset(self, unstack)
 
     def _chunks(self, name: str, data: np.ndarray) -> Any:
         """Stored chunks: a factor along the input's rows (or columns) in the input's

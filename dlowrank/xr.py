@@ -203,8 +203,9 @@ def unlabel(a: Any) -> tuple[Any, Labels | None]:
     return a.data, Labels((row, col), rows, cols, a.name, dict(a.attrs))
 
 
-def result_dataset(result: Any) -> Any:
+def result_dataset(result: Any, unstack: bool = True) -> Any:
     """``result.to_xarray()`` (see :meth:`dlowrank.results._Provenance.to_xarray`)."""
+    import pandas as pd
     import xarray as xr
 
     labels = result.labels
@@ -252,4 +253,8 @@ def result_dataset(result: Any) -> Any:
     for coords in (rows, cols):
         if coords is not None and len(coords):
             out = out.assign_coords(coords)
+    if unstack:  # a stacked input: factors back on the dims it was stacked from
+        for dim in (row, col):
+            if dim in out.indexes and isinstance(out.indexes[dim], pd.MultiIndex):
+                out = out.unstack(dim)
     return out

@@ -126,7 +126,10 @@ def test_public_functions_take_a_dataarray_and_results_carry_its_coordinates(tmp
         coords={"lat": np.arange(4.0), "lon": np.arange(6.0) * 10},
     )
     stacked = field.stack(point=("lat", "lon"))
-    patterns = dlowrank.randomized_svd(stacked, 2).to_xarray().v.unstack("point")
+    result = dlowrank.randomized_svd(stacked, 2)
+    patterns = result.to_xarray().v  # unstacked: the patterns are on the map
     assert patterns.dims == ("component", "lat", "lon") and patterns.lon.values[-1] == 50.0
+    np.testing.assert_allclose(patterns.values.reshape(2, -1), np.asarray(result.vt))
+    assert result.to_xarray(unstack=False).v.dims == ("point", "component")
     with pytest.raises(InputError, match=r"DataArray with dims \('time', 'lat', 'lon'\).*stack"):
         dlowrank.randomized_svd(field, 2)
