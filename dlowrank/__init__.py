@@ -79,6 +79,23 @@ __all__ = [
 ]
 
 
+#: Submodules reachable as attributes, as they were when the package imported them all.
+_SUBMODULES = (
+    "algorithms",
+    "engine",
+    "errors",
+    "exact",
+    "factorization",
+    "io",
+    "kernels",
+    "params",
+    "results",
+    "runtime",
+    "spectrum",
+    "streaming",
+    "updates",
+)
+
 #: scikit-learn estimators, imported on first use (scikit-learn is an optional extra).
 _ESTIMATORS = ("MatrixCompletion", "NMF", "TruncatedSVD")
 
@@ -90,6 +107,10 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_HOME[name]), name)
         globals()[name] = value  # later lookups skip this function
         return value
+    if name in _SUBMODULES:  # ``dlowrank.results`` etc. without importing them first
+        import importlib
+
+        return importlib.import_module(f"dlowrank.{name}")
     if name in _ESTIMATORS:
         try:
             from dlowrank import estimators

@@ -198,8 +198,18 @@ def unlabel(a: Any) -> tuple[Any, Labels | None]:
             "dlowrank.xr.eof for an EOF analysis"
         )
     row, col = a.dims
-    rows = a.isel({col: 0}, drop=True).coords  # lazy data is not read: only coordinates
-    cols = a.isel({row: 0}, drop=True).coords
+    if row == col:
+        raise InputError(
+            f"`a` is a DataArray with the dim {row!r} twice, which xarray does not support; "
+            f"give its dims two names, e.g. xarray.DataArray(a.data, dims=({row!r}, "
+            f"'{row}_2'))"
+        )
+
+    def along(dim: Hashable, other: Hashable) -> Any:  # the coordinates on ``dim`` alone
+        two_d = [name for name, c in a.coords.items() if other in c.dims]
+        return a.drop_vars(two_d).isel({other: 0}, drop=True).coords  # no data is read
+
+    rows, cols = along(row, col), along(col, row)
     return a.data, Labels((row, col), rows, cols, a.name, dict(a.attrs))
 
 
@@ -210,8 +220,6 @@ def result_dataset(result: Any, unstack: bool = True) -> Any:
 
     labels = result.labels
     row, col = labels.dims if labels is not None else ("row", "col")
-    if row == col:
-        row, col = f"{row}_row", f"{col}_col"
     rows = labels.rows if labels is not None else None
     cols = labels.cols if labels is not None else None
     kind = getattr(result, "_kind", "")

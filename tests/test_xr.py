@@ -133,3 +133,6 @@ def test_public_functions_take_a_dataarray_and_results_carry_its_coordinates(tmp
     assert result.to_xarray(unstack=False).v.dims == ("point", "component")
     with pytest.raises(InputError, match=r"DataArray with dims \('time', 'lat', 'lon'\).*stack"):
         dlowrank.randomized_svd(field, 2)
+    # a 2-D coordinate belongs to neither side alone: it is left out, not cut at one row
+    grid = field.isel(lat=0).assign_coords(weight=(("time", "lon"), np.ones((50, 6))))
+    assert "weight" not in dlowrank.randomized_svd(grid, 2).to_xarray().coords

@@ -54,10 +54,9 @@ logger = logging.getLogger(__name__)
 #: 250,000 x 20), rank 5: 256 MB panels peaked at 1378 MB in 20.6 s, 128 MB panels at
 #: 1037 MB in 17.2 s (64 MB: 1035 MB, 18.0 s).
 PANEL_BYTES = 128 << 20
-#: A row of a sparse panel holds, besides 24 bytes per stored entry (value, index and a
-#: product), this much of dense per-row work: a row's Gram of rank 32, or a product of
-#: width 512.
-SPARSE_ROW_BYTES = 8 << 10
+#: Bytes a task holds per stored entry of a sparse panel: the values and indices, the
+#: indicator's copy, a shifted copy, the row index, and gathers by column and by row.
+SPARSE_ENTRY_BYTES = 64
 #: A task working on a panel or chunk holds about this many times its float64 bytes (the
 #: raw read, the float64 copy, a decoded chunk in flight, its products).
 TASK_FACTOR = 3
@@ -296,6 +295,7 @@ class Plan:
         budget: int,
         threads: int | None = None,
         transpose: bool | None = None,
+        rank: int | None = None,
     ) -> Plan:
         """The plan for ``layout`` ("auto": panels when a task can hold a chunk row, about
         :func:`_entry_bytes` an entry, within ``budget``); ``transpose`` by default when A
@@ -308,7 +308,7 @@ class Plan:
         band_bytes = tall_shape[1] * 8  # float64 work copy per row of a panel
         nnz = getattr(source, "nnz", None)
         if getattr(source, "sparse", False) and nnz:  # a row holds its stored entries
-            band_bytes = min(band_bytes, SPARSE_ROW_BYTES + 24 * -(-nnz // tall_shape[0]))
+            band_bytes = min(band_bytes, _sparse_row_bytes(nnz, tall_shape[0], rank))
         if layout == "auto":
             widest = max(tall_chunks[0]) * tall_shape[1] * _entry_bytes(source)
             layout = "panel" if widest <= budget else "block"
@@ -330,6 +330,14 @@ class Plan:
         return cls(
             layout, transpose, tall_shape, tall_chunks, tuple(rows), tuple(cols), budget, threads
         )
+
+
+def _sparse_row_bytes(nnz: int, rows: int, rank: int | None) -> int:
+    """A task's bytes per row of a sparse panel: its stored entries, and four (k+1) x
+    (k+1) float64 arrays (the row's Gram, its ridge system, the outer product of its new
+    factor, the solver's copy); k = 32 when the call has no rank."""
+    k1 = (rank or 32) + 1
+    return 32 * k1 * k1 + SPARSE_ENTRY_BYTES * -(-nnz // rows)
 
 
 def _chunk_need(source: Any) -> int:
@@ -461,6 +469,7 @@ class PassEngine:
         fingerprint: str | None = None,
         missing: bool = False,
         transpose: bool | None = None,
+        rank: int | None = None,
     ) -> None:
         self.source = source
         self.client = _current_client(client)
@@ -468,7 +477,7 @@ class PassEngine:
         self.timeout = timeout
         self.missing = missing
         task, threads = _budget(memory, self.client, source)
-        self.plan = Plan.make(source, layout, task, threads, transpose)
+        self.plan = Plan.make(source, layout, task, threads, transpose, rank=rank)
         self.space = self._space()
         self._checkpoint = None
         self.checkpoint = checkpoint

@@ -159,6 +159,7 @@ class Run:
             memory=v.get("memory"),
             fingerprint=getattr(checkpoint, "verified_fingerprint", None),
             missing=v.get("missing") == "nan",
+            rank=params.get("rank") if isinstance(params.get("rank"), int) else None,
         )
         if "layout" in v:
             params["layout"] = self.engine.layout
