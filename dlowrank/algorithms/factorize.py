@@ -215,7 +215,7 @@ def als_biased(
         bias.mean, bias.shift, bias.b2 = bias.mean + shift, shift, b2
         atu = sums["atu"]
         if masked:
-            cgram = sums["cgram"].reshape(n, k + 1, k + 1)
+            cgram = factor.unpack_grams(sums["cgram"], k + 1)  # summed as upper triangles
             z = factor.batched_ridge(cgram, atu, reg)
             fit = -2 * np.sum(z * atu) + np.einsum("jk,jkl,jl->", z, cgram, z)
         else:

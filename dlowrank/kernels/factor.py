@@ -32,6 +32,22 @@ def batched_ridge(grams: np.ndarray, rhs: np.ndarray, alpha: float) -> np.ndarra
         return np.einsum("rkl,rl->rk", np.linalg.pinv(systems, hermitian=True), rhs)
 
 
+def outer_rows_packed(x: np.ndarray) -> np.ndarray:
+    """Rows of x (r, k) as the upper triangles of their outer products (r, k(k+1)/2):
+    half the work of :func:`outer_rows` for sums of symmetric Grams."""
+    i, j = np.triu_indices(x.shape[1])
+    return x[:, i] * x[:, j]
+
+
+def unpack_grams(packed: np.ndarray, k: int) -> np.ndarray:
+    """(r, k(k+1)/2) upper triangles back to symmetric (r, k, k) matrices."""
+    i, j = np.triu_indices(k)
+    out = np.empty((packed.shape[0], k, k))
+    out[:, i, j] = packed
+    out[:, j, i] = packed
+    return out
+
+
 def outer_rows(x: np.ndarray) -> np.ndarray:
     """Rows of x (r, k) as flattened outer products (r, k*k): vec(x_r x_r^T)."""
     return (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)

@@ -263,14 +263,17 @@ def _als_biased(block, rows, y, inv_y, reg, masked, offset, mean) -> dict:
         s, ind, rowidx = _sparse_parts(block)
         t = s.copy()
         t.data = s.data - offset[s.indices]
-        grams = np.asarray(ind @ factor.outer_rows(y)).reshape(-1, k1, k1)
+        grams = factor.unpack_grams(np.asarray(ind @ factor.outer_rows_packed(y)), k1)
         rhs = np.asarray(t @ y)
         x = factor.batched_ridge(grams, rhs, reg)
         # sum of squared residuals from the row systems: no (entries x k) temporaries
         res2 = t.data @ t.data - 2 * np.sum(x * rhs) + np.einsum("rk,rkl,rl->", x, grams, x)
         w = np.column_stack([x[:, :-1], np.ones(len(x))])
         t.data = s.data - mean - x[rowidx, -1]
-        sums = {"atu": np.asarray(t.T @ w), "cgram": np.asarray(ind.T @ factor.outer_rows(w))}
+        sums = {
+            "atu": np.asarray(t.T @ w),
+            "cgram": np.asarray(ind.T @ factor.outer_rows_packed(w)),  # upper triangles
+        }
         target2, observed = t.data @ t.data, np.diff(s.indptr)
         sums["col_obs"] = np.asarray(ind.sum(axis=0)).ravel()
     else:
@@ -281,7 +284,7 @@ def _als_biased(block, rows, y, inv_y, reg, masked, offset, mean) -> dict:
             r = t - x @ y.T
         else:
             t *= mask
-            grams = (mask @ factor.outer_rows(y)).reshape(-1, k1, k1)
+            grams = factor.unpack_grams(mask @ factor.outer_rows_packed(y), k1)
             x = factor.batched_ridge(grams, t @ y, reg)
             r = t - mask * (x @ y.T)
         res2 = np.sum(r * r)
@@ -291,7 +294,7 @@ def _als_biased(block, rows, y, inv_y, reg, masked, offset, mean) -> dict:
             sums = {"utu": w.T @ w}
         else:
             t *= mask
-            sums = {"cgram": mask.T @ factor.outer_rows(w), "col_obs": mask.sum(axis=0)}
+            sums = {"cgram": mask.T @ factor.outer_rows_packed(w), "col_obs": mask.sum(axis=0)}
             observed = mask.sum(axis=1)
         sums["atu"] = t.T @ w
         target2 = np.sum(t * t)
