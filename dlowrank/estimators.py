@@ -14,6 +14,7 @@ Needs scikit-learn (``pip install "dlowrank[sklearn]"``).
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from dlowrank.algorithms.factorize import ridge_penalties
 
 
 def _is_large(x: Any) -> bool:
@@ -49,6 +52,17 @@ def _lazy(x: Any) -> Any:
     from dlowrank.io.matrix import open_matrix
 
     return x if isinstance(x, da.Array) else open_matrix(x)
+
+
+def _by_rows(X: Any, fn: Any, *args: Any, width: int | None, out: Any) -> Any:
+    """``fn(rows, *args)`` over a large input's row panels (its columns in one chunk,
+    so each row is solved alone): lazy, one read when computed; written to Zarr at
+    ``out`` when given. ``width``: the output's columns (None: the input's)."""
+    x = _lazy(X)
+    x = x if x.numblocks[1] == 1 else x.rechunk({1: -1})
+    chunks = None if width is None else (x.chunks[0], (width,))
+    y = x.map_blocks(fn, *args, chunks=chunks, dtype=np.float64)
+    return _save(y, out) if out is not None else y
 
 
 def _save(x: Any, out: Any) -> Any:
@@ -280,17 +294,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         h = self.components_.astype(np.float64)
         if _is_large(X):
-            x = _lazy(X)
-            x = x if x.numblocks[1] == 1 else x.rechunk({1: -1})  # row panels: rows solve alone
-            w = x.map_blocks(
-                _nnls_rows,
-                h,
-                self.max_iter,
-                self.tol,
-                chunks=(x.chunks[0], (h.shape[0],)),
-                dtype=np.float64,
-            )
-            return _save(w, out) if out is not None else w
+            return _by_rows(X, _nnls_rows, h, self.max_iter, self.tol, width=len(h), out=out)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         if X.min() < 0:
             raise ValueError("Negative values in data passed to NMF.transform (input X)")
@@ -336,7 +340,8 @@ class MatrixCompletion(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     mean_ : float
         The global mean (0 without biases).
     row_bias_, col_bias_ : arrays (n_samples,), (n_features,)
-        The biases (zeros without biases); ``row_bias_`` is lazy for a large input.
+        The biases (without biases: ``row_bias_`` None, ``col_bias_`` zeros);
+        ``row_bias_`` is lazy for a large input.
     n_iter_, n_passes_ : int
     rel_error_ : float
         ||M * (X - X_hat)||_F / ||M * X||_F on the observed entries M.
@@ -375,11 +380,8 @@ class MatrixCompletion(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def fit(self, X: Any, y: Any = None) -> MatrixCompletion:
         from dlowrank.factorization import factorize
 
-        if _is_large(X):  # a ratings group is read sparse (only stored entries observed)
-            from dlowrank.io.source import open_source
-
-            self.n_features_in_ = int(open_source(X).shape[1])
-        else:
+        large = _is_large(X)  # a ratings group is read sparse (only stored entries observed)
+        if not large:
             X = validate_data(
                 self,
                 X,
@@ -399,10 +401,12 @@ class MatrixCompletion(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             seed=_seed(self.random_state) or 0,
             client=self.client,
         )
+        if large:
+            self.n_features_in_ = int(r.v.shape[0])
         self.result_ = r
         self.components_ = np.asarray(r.v).T
         self.mean_ = float(r.mean) if r.has_biases else 0.0
-        self.row_bias_ = r.row_bias if r.has_biases else np.zeros(r.u.shape[0])
+        self.row_bias_ = r.row_bias  # None without biases: nothing per row is made
         self.col_bias_ = np.asarray(r.col_bias) if r.has_biases else np.zeros(r.v.shape[0])
         self.n_iter_ = int(r.n_iter)
         self.n_passes_ = int(r.passes)
@@ -423,26 +427,34 @@ class MatrixCompletion(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         check_is_fitted(self)
         if cols is None:
             return self._complete(rows, out)
-        return self._clip(predict(self.result_, rows, cols))
-
-    def _clip(self, x: Any) -> Any:
-        if self.clip is None:
-            return x
-        low, high = self.clip
-        return x.clip(low, high) if hasattr(x, "dask") else np.clip(x, low, high)
+        entries = predict(self.result_, rows, cols)
+        return entries if self.clip is None else np.clip(entries, *self.clip)
 
     def _complete(self, X: Any, out: Any) -> Any:
-        v = self.components_.T
-        if _is_large(X):
-            x = _lazy(X)
-            x = x if x.numblocks[1] == 1 else x.rechunk({1: -1})
-            args = (v, self.col_bias_, self.mean_, self._reg())
-            full = self._clip(x.map_blocks(_fold_in, *args, True, dtype=np.float64))
-            return _save(full, out) if out is not None else full
-        X = validate_data(
+        if _is_large(X):  # clipped in the tasks, before an ``out`` is written
+            return _by_rows(X, self._fold_in_rows(full=True), width=None, out=out)
+        return self._fold_in_rows(full=True)(self._check_rows(X))
+
+    def _fold_in_rows(self, full: bool = False) -> Any:
+        """The fold-in of rows against the fitted column side, as a function of the rows."""
+        params = self.result_.params
+        penalties = ridge_penalties(
+            self.n_components, params["weight_decay"], params.get("bias_decay")
+        )
+        return functools.partial(
+            _fold_in,
+            v=self.components_.T,
+            col_bias=self.col_bias_,
+            mean=self.mean_,
+            reg=penalties,
+            full=full,
+            clip=self.clip if full else None,
+        )
+
+    def _check_rows(self, X: Any) -> np.ndarray:
+        return validate_data(
             self, X, dtype=[np.float64, np.float32], reset=False, ensure_all_finite="allow-nan"
         )
-        return self._clip(_fold_in(X, v, self.col_bias_, self.mean_, self._reg(), True))
 
     def rmse(self, rows: Any, cols: Any, values: Any) -> float:
         """Root mean squared error of :meth:`predict` on held-out (rows, cols, values)."""
@@ -454,47 +466,42 @@ class MatrixCompletion(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         ridge system against the fitted column factors and biases. A large input is done
         lazily by row panels (one pass), written to Zarr at ``out`` when given."""
         check_is_fitted(self)
-        args = (self.components_.T, self.col_bias_, self.mean_, self._reg())
         if _is_large(X):
-            x = _lazy(X)
-            x = x if x.numblocks[1] == 1 else x.rechunk({1: -1})  # row panels: rows solve alone
-            u = x.map_blocks(
-                _fold_in, *args, chunks=(x.chunks[0], (self.n_components,)), dtype=np.float64
-            )
-            return _save(u, out) if out is not None else u
-        X = validate_data(
-            self, X, dtype=[np.float64, np.float32], reset=False, ensure_all_finite="allow-nan"
-        )
-        return _fold_in(X, *args)
+            return _by_rows(X, self._fold_in_rows(), width=self.n_components, out=out)
+        return self._fold_in_rows()(self._check_rows(X))
 
     @property
     def _n_features_out(self) -> int:
         return self.n_components
 
-    def _reg(self) -> np.ndarray:
-        k = self.n_components
-        if not self.biases:
-            return np.full(k, float(self.weight_decay))
-        decay = self.weight_decay if self.bias_decay is None else self.bias_decay
-        return np.r_[np.full(k, float(self.weight_decay)), float(decay)]
 
-
-def _fold_in(x: Any, v: np.ndarray, col_bias: np.ndarray, mean: float, reg: np.ndarray, full=False):
+def _fold_in(
+    x: Any,
+    *,
+    v: np.ndarray,
+    col_bias: np.ndarray,
+    mean: float,
+    reg: np.ndarray,
+    full: bool = False,
+    clip: Any = None,
+) -> np.ndarray:
     """The ridge solution [u_i, b_i] of each row of ``x`` over its observed (non-NaN)
-    entries, given the column factors, biases and mean; returns the u_i, or with
-    ``full`` the predicted rows mean + b_i + c + u_i V^T."""
+    entries, given the column factors, biases and mean (the ALS row step); returns the
+    u_i, or with ``full`` the predicted rows mean + b_i + c + u_i V^T, clipped to
+    ``clip``."""
     from dlowrank.kernels import factor
 
     x = np.asarray(x, dtype=np.float64)
     k = v.shape[1]
-    y = v if reg.size == k else np.column_stack([v, np.ones(len(v))])
-    mask = (~np.isnan(x)).astype(np.float64)
-    t = np.where(mask > 0, x - mean - col_bias, 0.0)
-    grams = (mask @ factor.outer_rows(y)).reshape(-1, y.shape[1], y.shape[1])
-    x = factor.batched_ridge(grams, t @ y, reg)
+    biased = reg.size > k
+    y = np.column_stack([v, np.ones(len(v))]) if biased else v
+    observed = ~np.isnan(x)
+    t = np.where(observed, x - mean - col_bias, 0.0)
+    rows, _, _ = factor.masked_ridge_rows(t, observed.astype(np.float64), y, reg)
     if not full:
-        return x[:, :k]
-    return x @ y.T + (mean + col_bias if reg.size > k else 0.0)
+        return rows[:, :k]
+    pred = rows @ y.T + (mean + col_bias if biased else 0.0)
+    return pred if clip is None else np.clip(pred, *clip)
 
 
 def _nnls_rows(x: np.ndarray, h: np.ndarray, max_iter: int, tol: float) -> np.ndarray:

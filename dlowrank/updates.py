@@ -91,19 +91,30 @@ UPDATE = Spec(
 )
 
 
-def take_stamps(run: Run) -> dict:
-    """Each chunk file's stamp, listed before the pass (after the input's fingerprint is
-    taken, so the pass's own check that the input did not change covers the stamps too),
-    and the stored files' chunk shape (shards for a sharded array)."""
-    source = run.source
-    url = source_url(source)
+def _listing(run: Run) -> tuple | None:
+    """The input's chunk files: (url, stamps, file chunk shape, key prefix, key separator),
+    listed after the input's fingerprint is taken (so the passes' own check that the
+    input did not change covers the listing too); None for an input without files."""
+    url = source_url(run.source)
     if url is None:
-        return {"stamps": None}
+        return None
     from dlowrank.io.inventory import chunk_files
 
-    run.engine.input_fingerprint  # noqa: B018 - taken first: the pass checks it
-    stamps, file_chunks, _, _ = chunk_files(url, getattr(source, "storage_options", None))
+    run.engine.input_fingerprint  # noqa: B018 - taken first: the passes check it
+    return (url, *chunk_files(url, getattr(run.source, "storage_options", None)))
+
+
+def _kept_stamps(listing: tuple) -> dict:
+    """What a result keeps of a listing: the stamps and the stored files' chunk shape
+    (shards for a sharded array)."""
+    _, stamps, file_chunks, _, _ = listing
     return {"stamps": stamps, "file_chunks": [int(c) for c in file_chunks[:2]]}
+
+
+def take_stamps(run: Run) -> dict:
+    """Each chunk file's stamp and the files' chunk shape, listed before the pass."""
+    listing = _listing(run)
+    return {"stamps": None} if listing is None else _kept_stamps(listing)
 
 
 def keep_record(
@@ -509,14 +520,11 @@ def _check_stamps(run: Run, kept: dict, old_a: tuple, new_a: tuple) -> dict | No
     """Every covered chunk file the update does not read keeps its stamp (one written
     since, where none was, counts as changed). Returns this listing's stamps to keep
     (None when the input has no listing)."""
-    from dlowrank.io.inventory import chunk_files
-
-    url = source_url(run.source)
-    if url is None:
+    listing = _listing(run)
+    if listing is None:
         return None
-    run.engine.input_fingerprint  # noqa: B018 - taken first: the passes check it
-    stamps, chunk, prefix, sep = chunk_files(url, getattr(run.source, "storage_options", None))
-    fresh = {"stamps": stamps, "file_chunks": [int(c) for c in chunk[:2]]}
+    url, stamps, chunk, prefix, sep = listing
+    fresh = _kept_stamps(listing)
     if kept.get("stamps") is None:
         return fresh
     t = run.engine.transpose

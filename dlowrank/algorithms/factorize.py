@@ -192,12 +192,12 @@ def als_biased(
     bias = st.biases
     m, n = engine.tall_shape
     k = st.v.shape[1]
-    reg = np.r_[np.full(k, float(alpha)), float(bias.decay)]
+    reg = ridge_penalties(k, alpha, bias.decay)
     if bias.col is None:
         bias.col = np.zeros(n)
     for _ in range(max_iter):
         y = np.column_stack([st.v, np.ones(n)])
-        inv_y = None if masked else _inverse(y.T @ y + np.diag(reg))
+        inv_y = None if masked else factor.ridge_inverse(y.T @ y, reg)
         first = st.n_iter == 0
         out = engine.run(
             passkernels.als_step, y, inv_y, reg, masked, (bias.mean + bias.col, bias.mean)
@@ -219,7 +219,7 @@ def als_biased(
             z = factor.batched_ridge(cgram, atu, reg)
             fit = -2 * np.sum(z * atu) + np.einsum("jk,jkl,jl->", z, cgram, z)
         else:
-            z = atu @ _inverse(sums["utu"] + np.diag(reg))
+            z = atu @ factor.ridge_inverse(sums["utu"], reg)
             fit = -2 * np.sum(z * atu) + np.sum(sums["utu"] * (z.T @ z))
         col_shift = float(z[:, k].mean())
         bias.mean, bias.col = bias.mean + col_shift, z[:, k] - col_shift
@@ -237,12 +237,11 @@ def als_biased(
     return st
 
 
-def _inverse(gram: np.ndarray) -> np.ndarray:
-    """The inverse of a small symmetric system, or its pseudo-inverse when singular."""
-    try:
-        return np.linalg.inv(gram)
-    except np.linalg.LinAlgError:
-        return np.linalg.pinv(gram, hermitian=True)
+def ridge_penalties(k: int, alpha: float, bias_decay: float | None) -> np.ndarray:
+    """The diagonal penalty of a row's (or column's) ridge system: alpha on the k factor
+    entries, and ``bias_decay`` on the bias when the model has biases (not None)."""
+    alphas = np.full(k, float(alpha))
+    return alphas if bias_decay is None else np.r_[alphas, float(bias_decay)]
 
 
 def gradient_descent(

@@ -12,10 +12,25 @@ from dlowrank.kernels.exact import sign_flip
 _TINY = np.finfo(np.float64).tiny
 
 
-def ridge_inverse(gram: np.ndarray, alpha: float) -> np.ndarray:
-    """(G + alpha I)^{-1} for a small symmetric PSD G (pseudo-inverse if singular)."""
-    k = gram.shape[0]
-    return np.linalg.pinv(gram + alpha * np.eye(k), hermitian=True)
+def _penalty(alpha: Any, k: int) -> np.ndarray:
+    """alpha I, for a scalar alpha or one value per unknown (a diagonal penalty)."""
+    return np.diag(np.broadcast_to(np.asarray(alpha, dtype=np.float64), (k,)))
+
+
+def ridge_inverse(gram: np.ndarray, alpha: Any) -> np.ndarray:
+    """(G + alpha I)^{-1} for a small symmetric PSD G (pseudo-inverse if singular);
+    ``alpha`` a scalar or one value per unknown."""
+    return np.linalg.pinv(gram + _penalty(alpha, gram.shape[0]), hermitian=True)
+
+
+def masked_ridge_rows(t: Any, mask: Any, y: np.ndarray, alpha: Any) -> tuple:
+    """Each row's ridge solution over its observed entries: x_r = argmin ||t_r - Y x||^2
+    over the columns where ``mask`` (0/1, rows x n, dense or sparse) is 1, plus
+    alpha ||x||^2 (``t`` zero, or not stored, where unobserved). The rows' Grams are
+    summed as upper triangles. Returns (x, the Grams, the right-hand sides t Y)."""
+    grams = unpack_grams(np.asarray(mask @ outer_rows_packed(y)), y.shape[1])
+    rhs = np.asarray(t @ y)
+    return batched_ridge(grams, rhs, alpha), grams, rhs
 
 
 def batched_ridge(grams: np.ndarray, rhs: np.ndarray, alpha: float) -> np.ndarray:
@@ -24,8 +39,7 @@ def batched_ridge(grams: np.ndarray, rhs: np.ndarray, alpha: float) -> np.ndarra
 
     A row with no observations and alpha = 0 has G_r = 0; least squares gives x_r = 0.
     """
-    k = grams.shape[-1]
-    systems = grams + np.diag(np.broadcast_to(np.asarray(alpha, dtype=np.float64), (k,)))
+    systems = grams + _penalty(alpha, grams.shape[-1])
     try:
         return np.linalg.solve(systems, rhs[..., None])[..., 0]
     except np.linalg.LinAlgError:

@@ -214,10 +214,7 @@ def _sparse_parts(block):
 def _als_sparse(s, rows, v, alpha) -> dict:
     """als_step for a sparse panel: only the stored entries are observed."""
     s, ind, _ = _sparse_parts(s)
-    k = v.shape[1]
-    grams = np.asarray(ind @ factor.outer_rows(v)).reshape(-1, k, k)
-    rhs = np.asarray(s @ v)
-    u = factor.batched_ridge(grams, rhs, alpha)
+    u, grams, rhs = factor.masked_ridge_rows(s, ind, v, alpha)
     # ||res||^2 - ||s||^2 from the row systems: no (entries x k) temporaries
     fit = -2 * np.sum(u * rhs) + np.einsum("rk,rkl,rl->", u, grams, u)
     sums = {
@@ -258,14 +255,11 @@ def _als_biased(block, rows, y, inv_y, reg, masked, offset, mean) -> dict:
     x_i = [u_i, b_i] against r_ij - offset_j; the column-side sums are those of
     w_i = [u_i, 1] against r_ij - mean - b_i, so the driver solves z_j = [v_j, c_j].
     """
-    k1 = y.shape[1]
     if scipy.sparse.issparse(block):
         s, ind, rowidx = _sparse_parts(block)
         t = s.copy()
         t.data = s.data - offset[s.indices]
-        grams = factor.unpack_grams(np.asarray(ind @ factor.outer_rows_packed(y)), k1)
-        rhs = np.asarray(t @ y)
-        x = factor.batched_ridge(grams, rhs, reg)
+        x, grams, rhs = factor.masked_ridge_rows(t, ind, y, reg)
         # sum of squared residuals from the row systems: no (entries x k) temporaries
         res2 = t.data @ t.data - 2 * np.sum(x * rhs) + np.einsum("rk,rkl,rl->", x, grams, x)
         w = np.column_stack([x[:, :-1], np.ones(len(x))])
@@ -284,8 +278,7 @@ def _als_biased(block, rows, y, inv_y, reg, masked, offset, mean) -> dict:
             r = t - x @ y.T
         else:
             t *= mask
-            grams = factor.unpack_grams(mask @ factor.outer_rows_packed(y), k1)
-            x = factor.batched_ridge(grams, t @ y, reg)
+            x, _, _ = factor.masked_ridge_rows(t, mask, y, reg)
             r = t - mask * (x @ y.T)
         res2 = np.sum(r * r)
         w = np.column_stack([x[:, :-1], np.ones(len(x))])
@@ -330,15 +323,13 @@ def als_step(block, rows, cols, v, inv_v, alpha, masked, bias=None) -> dict:
     if scipy.sparse.issparse(block):
         return _als_sparse(block, rows, v, alpha)
     a, mask = _observed(block, masked)
-    av = a @ v
-    k = v.shape[1]
     if mask is None:
+        av = a @ v
         u = av @ inv_v
         fit = -2 * np.sum(u * av) + np.sum((u.T @ u) * (v.T @ v))
         sums = {"atu": a.T @ u, "utu": u.T @ u, "fit": np.asarray(fit)}
     else:
-        grams = (mask @ factor.outer_rows(v)).reshape(-1, k, k)
-        u = factor.batched_ridge(grams, av, alpha)
+        u, _, _ = factor.masked_ridge_rows(a, mask, v, alpha)
         r = mask * (a - u @ v.T)
         sums = {
             "atu": a.T @ u,
