@@ -79,6 +79,11 @@ class _Provenance:
     def _derived(self) -> dict:
         return {}
 
+    def _named(self) -> dict:
+        """The arrays ``to_xarray`` shows: name -> (axes, array), the axes among "row",
+        "col" (the input's dims) and "component"."""
+        raise NotImplementedError
+
     def to_xarray(self, unstack: bool = True) -> Any:
         """The result as an ``xarray.Dataset``: the factors on the input's dims with its
         coordinates (for a DataArray input; else dims "row" and "col"), the small arrays
@@ -329,6 +334,13 @@ class SVDResult(_Provenance):
     def _derived(self) -> dict:
         return {"rank": self.rank, "shape": [int(self.u.shape[0]), int(self.vt.shape[1])]}
 
+    def _named(self) -> dict:
+        return {
+            "u": (("row", "component"), self.u),
+            "s": (("component",), np.asarray(self.s)),
+            "v": (("col", "component"), self.vt.T),
+        }
+
 
 @dataclass(frozen=True, repr=False)
 class EighResult(_Provenance):
@@ -358,6 +370,9 @@ class EighResult(_Provenance):
 
     def _derived(self) -> dict:
         return {"rank": self.rank, "shape": [int(self.v.shape[0])] * 2}
+
+    def _named(self) -> dict:
+        return {"w": (("component",), np.asarray(self.w)), "v": (("row", "component"), self.v)}
 
 
 @dataclass(frozen=True, repr=False)
@@ -402,6 +417,13 @@ class FactorizationResult(_Provenance):
 
     def _derived(self) -> dict:
         return {"rank": self.rank, "shape": [int(self.u.shape[0]), int(self.v.shape[0])]}
+
+    def _named(self) -> dict:
+        named = {"u": (("row", "component"), self.u), "v": (("col", "component"), self.v)}
+        if self.has_biases:
+            named["row_bias"] = (("row",), self.row_bias)
+            named["col_bias"] = (("col",), self.col_bias)
+        return named
 
 
 _CLASSES = {"svd": SVDResult, "eigh": EighResult, "factorization": FactorizationResult}

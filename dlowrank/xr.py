@@ -220,26 +220,13 @@ def result_dataset(result: Any, unstack: bool = True) -> Any:
 
     labels = result.labels
     row, col = labels.dims if labels is not None else ("row", "col")
-    rows = labels.rows if labels is not None else None
-    cols = labels.cols if labels is not None else None
-    kind = getattr(result, "_kind", "")
-    if kind == "svd":
-        k = len(result.s)
-        data = {
-            "u": ((row, "component"), result.u),
-            "s": (("component",), np.asarray(result.s)),
-            "v": ((col, "component"), result.vt.T),
-        }
-    elif kind == "eigh":
-        k = len(result.w)
-        data = {"w": (("component",), np.asarray(result.w)), "v": ((row, "component"), result.v)}
-        cols = None
-    else:
-        k = result.u.shape[1]
-        data = {"u": ((row, "component"), result.u), "v": ((col, "component"), result.v)}
-        if result.has_biases:
-            data["row_bias"] = ((row,), result.row_bias)
-            data["col_bias"] = ((col,), result.col_bias)
+    dims = {"row": row, "col": col}
+    named = result._named()
+    used = {axis for axes, _ in named.values() for axis in axes}
+    data = {
+        name: xr.Variable(tuple(dims.get(axis, axis) for axis in axes), value)
+        for name, (axes, value) in named.items()
+    }
     attrs = dict(labels.attrs) if labels is not None else {}
     attrs.update(
         {
@@ -249,20 +236,17 @@ def result_dataset(result: Any, unstack: bool = True) -> Any:
             "algorithm": result.algorithm,
         }
     )
-    if kind == "factorization" and result.has_biases:
+    if getattr(result, "mean", None) is not None:  # a factorization with biases
         attrs["mean"] = float(result.mean)
     if labels is not None and labels.name is not None:
         attrs["input_name"] = str(labels.name)
-    out = xr.Dataset(
-        {name: xr.Variable(dims, value) for name, (dims, value) in data.items()},
-        coords={"component": np.arange(1, k + 1)},
-        attrs=attrs,
-    )
-    for coords in (rows, cols):
-        if coords is not None and len(coords):
-            out = out.assign_coords(coords)
+    out = xr.Dataset(data, coords={"component": np.arange(1, result.rank + 1)}, attrs=attrs)
+    if labels is not None:
+        for axis, coords in (("row", labels.rows), ("col", labels.cols)):
+            if axis in used and len(coords):
+                out = out.assign_coords(coords)
     if unstack:  # a stacked input: factors back on the dims it was stacked from
-        for dim in (row, col):
+        for dim in dims.values():
             if dim in out.indexes and isinstance(out.indexes[dim], pd.MultiIndex):
                 out = out.unstack(dim)
     return out

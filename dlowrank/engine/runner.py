@@ -195,22 +195,20 @@ class Run:
         return self.source.dtype
 
     def _finish(self, result: Any) -> Any:
-        """The result, saved at ``out`` when given (its lazy factors then read from there)."""
+        """The result, saved at ``out`` when given (its lazy factors then read from
+        there), with a DataArray input's labels."""
+        out = self.values.get("out")
+        if out is not None:
+            so = self.values.get("storage_options")
+            client = self.engine.client  # the run's: lazy factors are saved by its workers
+            with client.as_current() if client is not None else contextlib.nullcontext():
+                version = result._publish(
+                    out, overwrite=self.values.get("overwrite", False), storage_options=so
+                )
+            result = result._reopened(out, version, so)
         if self.labels is not None:
             result = dataclasses.replace(result, labels=self.labels)
-        out = self.values.get("out")
-        if out is None:
-            return result
-        so = self.values.get("storage_options")
-        client = self.engine.client  # the run's: lazy factors are saved by its workers
-        with client.as_current() if client is not None else contextlib.nullcontext():
-            version = result._publish(
-                out, overwrite=self.values.get("overwrite", False), storage_options=so
-            )
-        reopened = result._reopened(out, version, so)
-        return (
-            reopened if self.labels is None else dataclasses.replace(reopened, labels=self.labels)
-        )
+        return result
 
     def _provenance(self, algorithm: str | None, params: dict | None) -> dict:
         return {
