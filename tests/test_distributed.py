@@ -13,8 +13,8 @@ from dlowrank.app.bench_tall import _task_inputs_plugin
 @pytest.fixture(scope="module")
 def cluster():
     # Per-worker memory limit far below the matrix (see the out-of-core test). A worker
-    # holds about 270 MB once dlowrank is imported where xarray is installed (dask.array
-    # imports it, pandas and pyarrow: measured 195 MB without them).
+    # holds about 94 MB after passes over a Zarr path, 176 MB once a dask-array input
+    # makes it import dask.array (and with it xarray, pandas and pyarrow where installed).
     with LocalCluster(
         n_workers=2,
         threads_per_worker=1,
