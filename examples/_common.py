@@ -20,6 +20,15 @@ def figure_path(out: str, name: str) -> str:
     return os.path.join(out, name)
 
 
+def save_figure(fig, out: str, name: str, dpi: int = 80) -> str:
+    """Lay out ``fig``, write it as ``out/name`` and say where."""
+    fig.tight_layout()
+    path = figure_path(out, name)
+    fig.savefig(path, dpi=dpi)
+    print(f"figure: {path}")
+    return path
+
+
 def pyplot():
     import matplotlib
 

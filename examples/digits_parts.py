@@ -12,7 +12,7 @@ rank-k approximation can reach (Eckart-Young), NMF pays a little for readability
 from __future__ import annotations
 
 import numpy as np
-from _common import figure_path, parser, pyplot
+from _common import parser, pyplot, save_figure
 from sklearn.datasets import load_digits
 
 import dlowrank
@@ -41,10 +41,7 @@ def main() -> None:
         axes[1, i].axis("off")
     axes[0, 0].set_title("SVD: cancelling patterns", loc="left")
     axes[1, 0].set_title("NMF: additive parts", loc="left")
-    fig.tight_layout()
-    path = figure_path(args.out, "digits_parts.png")
-    fig.savefig(path, dpi=80)
-    print(f"figure: {path}")
+    save_figure(fig, args.out, "digits_parts.png")
 
 
 if __name__ == "__main__":

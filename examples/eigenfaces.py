@@ -12,7 +12,7 @@ cumulative energy and the first eigenfaces.
 from __future__ import annotations
 
 import numpy as np
-from _common import figure_path, parser, pyplot
+from _common import parser, pyplot, save_figure
 from skimage import data
 
 import dlowrank
@@ -48,10 +48,7 @@ def main() -> None:
         ax.imshow(streaming.vt[i].reshape(25, 25), cmap="RdBu")
         ax.set_title(f"eigenface {i + 1}")
         ax.axis("off")
-    fig.tight_layout()
-    path = figure_path(args.out, "eigenfaces.png")
-    fig.savefig(path, dpi=80)
-    print(f"figure: {path}")
+    save_figure(fig, args.out, "eigenfaces.png")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from _common import figure_path, parser, pyplot
+from _common import parser, pyplot, save_figure
 
 from dlowrank.xr import eof
 
@@ -71,10 +71,7 @@ def main() -> None:
         axes[0, k].set_ylabel("latitude")
         axes[1, k].plot(result.time, result.scores.isel(mode=k), lw=0.8)
         axes[1, k].set_xlabel("month")
-    fig.tight_layout()
-    path = figure_path(args.out, "eof_patterns.png")
-    fig.savefig(path, dpi=90)
-    print(f"figure: {path}")
+    save_figure(fig, args.out, "eof_patterns.png", dpi=90)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ errors next to the Eckart-Young optimum: the streaming error matches it.
 from __future__ import annotations
 
 import numpy as np
-from _common import figure_path, parser, pyplot
+from _common import parser, pyplot, save_figure
 from skimage import color, data
 
 import dlowrank
@@ -45,10 +45,7 @@ def main() -> None:
     for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle("randomized SVD at rank k; error = ||A - A_k||_F / ||A||_F")
-    fig.tight_layout()
-    path = figure_path(args.out, "image_compression.png")
-    fig.savefig(path, dpi=80)
-    print(f"figure: {path}")
+    save_figure(fig, args.out, "image_compression.png")
 
 
 if __name__ == "__main__":

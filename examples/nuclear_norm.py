@@ -13,7 +13,7 @@ The plot follows them over the iterations.
 from __future__ import annotations
 
 import numpy as np
-from _common import figure_path, parser, pyplot
+from _common import parser, pyplot, save_figure
 
 import dlowrank
 
@@ -47,10 +47,7 @@ def main() -> None:
         ylabel="singular values of $UV^T$",
         title=f"weight decay {alpha}: dotted lines are $(\\sigma_i - \\alpha)_+$",
     )
-    fig.tight_layout()
-    path = figure_path(args.out, "nuclear_norm.png")
-    fig.savefig(path, dpi=80)
-    print(f"figure: {path}")
+    save_figure(fig, args.out, "nuclear_norm.png")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 import tempfile
 
 import numpy as np
-from _common import figure_path, parser, pyplot
+from _common import parser, pyplot, save_figure
 
 import dlowrank
 from dlowrank.app.bench_factor import ratings_recipe
@@ -74,10 +74,7 @@ def main() -> None:
         yticks=range(weights.shape[1]),
     )
     fig.colorbar(shown, ax=ax2, label="weight / the topic's largest")
-    fig.tight_layout()
-    path = figure_path(args.out, "recommender.png")
-    fig.savefig(path, dpi=80)
-    print(f"figure: {path}")
+    save_figure(fig, args.out, "recommender.png")
 
 
 def _dense_for_nmf(data: dict, train: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ method can help: the information is spread over all directions.
 from __future__ import annotations
 
 import numpy as np
-from _common import figure_path, parser, pyplot
+from _common import parser, pyplot, save_figure
 
 import dlowrank
 
@@ -39,10 +39,7 @@ def main() -> None:
     ax2.set(xlabel="rank k", ylabel="best relative error", title="Eckart-Young error", ylim=(0, 1))
     ax1.legend()
     ax2.legend()
-    fig.tight_layout()
-    path = figure_path(args.out, "spectrum_decay.png")
-    fig.savefig(path, dpi=80)
-    print(f"figure: {path}")
+    save_figure(fig, args.out, "spectrum_decay.png")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def test_an_example_offers_out_only_when_it_writes_a_figure():
         if script.name.startswith("_"):
             continue
         text = script.read_text()
-        writes = "savefig" in text
+        writes = "save_figure(" in text or "savefig" in text
         helped = subprocess.run(
             [sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=EXAMPLES
         )
