@@ -134,3 +134,44 @@ def test_a_task_receives_only_its_rows_of_an_m_row_operand(stored, layout):
     assert len(out.rows["got"]) == len(engine.row_ranges) > 1
     for got, want in zip(out.rows["got"], out.rows["want"], strict=True):
         np.testing.assert_array_equal(got, want)  # (both summed over the row's pieces)
+
+
+def test_tile_kernels_equal_their_assembled_panel():
+    from dlowrank.kernels import passkernels as pk
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((40, 30))
+    tiles = pk.Tiles(
+        [(0, 8, a[:, :8].copy()), (8, 20, a[:, 8:20].copy()), (20, 30, a[:, 20:].copy())]
+    )
+    x, q = rng.standard_normal((30, 4)), rng.standard_normal((40, 3))
+    for kernel, arg in ((pk.gram_apply, x), (pk.range_and_adjoint, x), (pk.project, q)):
+        got, want = kernel(tiles, (0, 40), (0, 30), arg), kernel(a, (0, 40), (0, 30), arg)
+        for part in ("sums", "rows"):
+            for key, value in want[part].items():
+                np.testing.assert_allclose(got[part][key], value, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pk.block_fro2(tiles), np.sum(a**2), rtol=1e-14)
+    # float32 data: power iterations multiply in float32 and sum in float64; the last
+    # pass (its sums give the exact error) converts each slab to float64
+    t32 = pk.Tiles([(lo, hi, t.astype(np.float32)) for lo, hi, t in tiles.parts])
+    a32 = a.astype(np.float32).astype(np.float64)
+    z = pk.gram_apply(t32, (0, 40), (0, 30), x)["sums"]["z"]
+    assert z.dtype == np.float64
+    np.testing.assert_allclose(z, a32.T @ (a32 @ x), rtol=1e-4)
+    w = pk.range_and_adjoint(t32, (0, 40), (0, 30), x)["sums"]["w"]
+    np.testing.assert_allclose(w, a32.T @ (a32 @ x), rtol=1e-12)
+
+
+def test_a_panel_read_in_place_needs_itself_and_one_chunk_in_flight(stored):
+    from dlowrank.engine.passes import Plan
+    from dlowrank.io.source import open_source
+
+    src = open_source(stored)  # 600 x 150 float64, chunks 100 x 50 (40 kB), zstd
+    assert src.reads_in_place()
+    panel, chunk = 100 * 150 * 8, 100 * 50 * 8
+    tight = Plan.make(src, "auto", panel + chunk)
+    assert tight.kind == "panel" and not tight.ahead  # the next chunk is fetched after
+    roomy = Plan.make(src, "auto", panel + 2 * chunk)
+    assert roomy.kind == "panel" and roomy.ahead
+    with pytest.warns(match="working chunk by chunk"):
+        assert Plan.make(src, "auto", panel + chunk - 1).kind == "block"

@@ -176,13 +176,32 @@ class _RowArg:
 SLAB_BYTES = 16 << 20
 
 
-def _separable(kernel: Callable) -> bool:
-    """Whether ``kernel`` (or the kernel inside the first pass's wrapper) declares that
-    its output over a piece is its outputs over row slabs: sums and column sums added,
-    row outputs stacked (``kernel.separable = True``)."""
+def _declares(kernel: Callable, flag: str) -> bool:
+    """Whether ``kernel`` (or the kernel inside the first pass's wrapper) sets ``flag``:
+    ``separable``, its output over a piece is its outputs over row slabs (sums and
+    column sums added, row outputs stacked); ``tiles``, it takes a panel as
+    :class:`~dlowrank.kernels.passkernels.Tiles`."""
     if isinstance(kernel, functools.partial) and kernel.func is _with_fro2:
         kernel = kernel.args[0]
-    return bool(getattr(kernel, "separable", False))
+    return bool(getattr(kernel, flag, False))
+
+
+def _read(source: Any, rect: Rect, transpose: bool, kernel: Callable, ahead: bool) -> Any:
+    """The piece ``rect`` of a stored source; for a kernel that takes tiles, a panel of
+    several chunk columns (tall orientation) as tiles decoded straight from the store,
+    never assembled (:meth:`ZarrSource.read_tiles`): the task then holds the panel and
+    one or two chunks' bytes in flight (two with ``ahead``)."""
+    if not hasattr(source, "read_tiles"):
+        return source.read(rect)
+    if _declares(kernel, "tiles"):
+        tiles = source.read_tiles(rect, 0 if transpose else 1, ahead)
+        if tiles is not None and len(tiles) > 1:
+            from dlowrank.kernels.passkernels import Tiles
+
+            return Tiles([(lo, hi, t.T if transpose else t) for lo, hi, t in tiles])
+        if tiles is not None:
+            return tiles[0][2]
+    return source.read(rect, ahead)
 
 
 class _Joined:
@@ -215,13 +234,15 @@ def _run_piece(
     settle: tuple | None = None,
     origin: tuple[int, int] = (0, 0),
     report: str | None = None,
+    ahead: bool = True,
 ) -> dict:
     """A piece's kernel outputs; with ``settle`` (the piece is its row range's only one)
     its row outputs are settled here (:func:`_settle`), so that no later task holds them
     beside the next piece (measured: on 500 MB workers the single pass over 8,000,000 x
     64 lost every worker with a separate settling task). ``origin``: where the source's
-    (0, 0) lies in A (a window of A): the kernel sees A's global indices."""
-    out = _piece_outputs(block_or_source, rect, transpose, kernel, args, origin)
+    (0, 0) lies in A (a window of A): the kernel sees A's global indices. ``ahead``: a
+    stored source fetches the next chunk's bytes while one is decoded."""
+    out = _piece_outputs(block_or_source, rect, transpose, kernel, args, origin, ahead)
     if settle is not None:
         out = {**out, "rows": _settle(out["rows"], *settle)}
     if report is not None:
@@ -248,18 +269,24 @@ def _piece_outputs(
     kernel: Callable,
     args: tuple,
     origin: tuple[int, int] = (0, 0),
+    ahead: bool = True,
 ) -> dict:
     # a stored source (Zarr array, ratings group) is read here, by the task itself
-    block = block_or_source.read(rect) if hasattr(block_or_source, "read") else block_or_source
+    block = block_or_source
+    if hasattr(block_or_source, "read"):
+        block = _read(block_or_source, rect, transpose, kernel, ahead)
     rowwise = [isinstance(a, _RowArg) for a in args]
     # the piece's own panels of tall operands
     args = tuple(resolve(a.value if isinstance(a, _RowArg) else a) for a in args)
     r0, r1, c0, c1 = rect
     r0, r1, c0, c1 = r0 + origin[0], r1 + origin[0], c0 + origin[1], c1 + origin[1]
-    if transpose:
-        block, r0, r1, c0, c1 = block.T, c0, c1, r0, r1
+    if transpose:  # tiles come in tall orientation already
+        from dlowrank.kernels.passkernels import Tiles
+
+        block = block if isinstance(block, Tiles) else block.T
+        r0, r1, c0, c1 = c0, c1, r0, r1
     slab = max(1, SLAB_BYTES // max(1, 8 * (c1 - c0)))
-    if r1 - r0 <= slab or not isinstance(block, np.ndarray) or not _separable(kernel):
+    if r1 - r0 <= slab or not isinstance(block, np.ndarray) or not _declares(kernel, "separable"):
         return kernel(block, (r0, r1), (c0, c1), *args)
     joined = _Joined(r1 - r0)
     for s0 in range(0, r1 - r0, slab):
@@ -286,6 +313,7 @@ class Plan:
     col_ranges: tuple[tuple[int, int], ...]
     budget: int  # bytes one task may hold
     threads: int | None = None  # tasks in flight on dask's threads (None: a cluster's)
+    ahead: bool = True  # fetch a chunk's bytes while the previous one is decoded
 
     @classmethod
     def make(
@@ -309,8 +337,10 @@ class Plan:
         nnz = getattr(source, "nnz", None)
         if getattr(source, "sparse", False) and nnz:  # a row holds its stored entries
             band_bytes = min(band_bytes, _sparse_row_bytes(nnz, tall_shape[0], rank))
-        if layout == "auto":
-            widest = max(tall_chunks[0]) * tall_shape[1] * _entry_bytes(source)
+        panel = max(tall_chunks[0]) * tall_shape[1] * _entry_bytes(source)
+        chunk = _in_flight(source) // 2  # one chunk's stored bytes, when read in place
+        if layout == "auto":  # a panel's task holds it and at least one chunk's bytes
+            widest = panel + chunk
             layout = "panel" if widest <= budget else "block"
             if layout == "block":
                 warnings.warn(
@@ -327,8 +357,19 @@ class Plan:
             cols = [(0, tall_shape[1])]
         else:
             rows, cols = _ranges(tall_chunks[0]), _ranges(tall_chunks[1])
+        # the next chunk's bytes are fetched during a decode when a task can hold them
+        piece = panel if layout == "panel" else _chunk_need(source) - 2 * chunk
+        ahead = piece + 2 * chunk <= budget
         return cls(
-            layout, transpose, tall_shape, tall_chunks, tuple(rows), tuple(cols), budget, threads
+            layout,
+            transpose,
+            tall_shape,
+            tall_chunks,
+            tuple(rows),
+            tuple(cols),
+            budget,
+            threads,
+            ahead,
         )
 
 
@@ -348,12 +389,32 @@ def _chunk_need(source: Any) -> int:
     below the cap)."""
     if getattr(source, "sparse", False):
         return 0  # read by row panels of stored entries: no dense chunk is made
-    return _entry_bytes(source) * max(source.chunks[0]) * max(source.chunks[1])
+    return _entry_bytes(source) * max(source.chunks[0]) * max(source.chunks[1]) + _in_flight(source)
+
+
+def _in_place(source: Any) -> bool:
+    """Whether tasks decode the source's chunks straight into their pieces
+    (:mod:`dlowrank.io.chunkread`)."""
+    check = getattr(source, "reads_in_place", None)
+    return bool(check is not None and check())
 
 
 def _entry_bytes(source: Any) -> int:
-    """A task's bytes per entry of its piece (see :func:`_chunk_need`)."""
-    return 2 * np.dtype(source.dtype).itemsize + 8
+    """A task's bytes per entry of its piece (see :func:`_chunk_need`): decoded in place,
+    the piece itself, plus a float64 work copy for other dtypes (kernels that need one
+    make it whole)."""
+    item = np.dtype(source.dtype).itemsize
+    if _in_place(source):
+        return item + (0 if item == 8 else 8)
+    return 2 * item + 8
+
+
+def _in_flight(source: Any) -> int:
+    """A task's bytes besides its piece: decoded in place, the stored bytes of the chunk
+    being decoded and of the next, fetched meanwhile (at most a chunk's bytes each)."""
+    if not _in_place(source):
+        return 0
+    return 2 * np.dtype(source.dtype).itemsize * max(source.chunks[0]) * max(source.chunks[1])
 
 
 def _too_small(need: int, task: int, have: str, source: Any) -> Exception:
@@ -363,7 +424,8 @@ def _too_small(need: int, task: int, have: str, source: Any) -> Exception:
     rows = max(1, r * task // need // 2)
     return InputError(
         f"the memory budget, {have}, cannot hold one chunk of {r} x {c} (a task holds "
-        f"about {format_bytes(need)} for it: {_entry_bytes(source)} bytes an entry); store "
+        f"about {format_bytes(need)} for it: {_entry_bytes(source)} bytes an entry"
+        f"{', and two chunks of stored bytes in flight' if _in_place(source) else ''}); store "
         "the input with smaller chunks, e.g. dlowrank convert INPUT.zarr --out "
         f"SMALLER.zarr --chunks {rows} {c}, or give the run more memory (--memory, or a "
         "larger limit)"
@@ -567,7 +629,7 @@ class PassEngine:
             data = self.source
         origin = getattr(self.source, "origin", (0, 0))
         return dask.delayed(_run_piece, pure=False)(
-            data, rect, self.transpose, kernel, args, settle, origin, report
+            data, rect, self.transpose, kernel, args, settle, origin, report, self.plan.ahead
         )
 
     def _share(self, arg: Any) -> Any:

@@ -79,16 +79,34 @@ class ZarrSource:
         x = da.from_zarr(self._zarr())
         return x if x.dtype == self.dtype else x.astype(self.dtype)
 
-    def read(self, rect: Rect) -> np.ndarray:
-        """``A[r0:r1, c0:c1]`` in the compute dtype, one chunk column at a time.
+    def _direct(self, arr: Any) -> Any:
+        """How tasks read ``arr``'s chunks themselves (see :mod:`dlowrank.io.chunkread`),
+        or None when zarr reads them."""
+        from dlowrank.io import chunkread
 
-        Reading a whole panel at once lets zarr decode all its chunks concurrently,
-        holding every compressed and decoded chunk besides the output (about 3x the
-        panel, measured); column by column the extra memory is one chunk column.
+        direct = chunkread.plan(arr)
+        return direct if direct is not None and direct.dtype == self.dtype else None
+
+    def reads_in_place(self) -> bool:
+        """Whether its chunks are decoded straight into the tasks' pieces."""
+        return self._direct(self._zarr()) is not None
+
+    def read(self, rect: Rect, ahead: bool = True) -> np.ndarray:
+        """``A[r0:r1, c0:c1]`` in the compute dtype (``ahead``: see :meth:`read_tiles`).
+
+        Plain chunks are fetched and decoded into the result here, a chunk at a time
+        (:mod:`dlowrank.io.chunkread`). Others are read by zarr one chunk column at a
+        time: reading a whole panel at once lets zarr decode all its chunks
+        concurrently, holding every compressed and decoded chunk besides the output
+        (about 3x the panel, measured).
         """
         r0, r1, c0, c1 = rect
         arr = self._zarr()
         out = np.empty((r1 - r0, c1 - c0), dtype=self.dtype)
+        direct = self._direct(arr)
+        if direct is not None:
+            self._read_direct(arr, direct, [(rect, out)], ahead)
+            return out
         edges = np.cumsum((0,) + self.chunks[1])
         for a, b in zip(edges[:-1], edges[1:], strict=True):
             lo, hi = max(a, c0), min(b, c1)
@@ -101,6 +119,30 @@ class ZarrSource:
                     raise self._damaged(arr, (r0, r1, lo, hi), exc) from None
         return out
 
+    def read_tiles(self, rect: Rect, axis: int, ahead: bool = True) -> list | None:
+        """``A[r0:r1, c0:c1]`` as tiles cut at the chunk boundaries along ``axis``, each
+        in memory of its own (a tile one chunk wide takes its chunks without a copy):
+        ``[(lo, hi, tile)]`` in the rect's coordinates; None when zarr must read A.
+        ``ahead``: fetch the next chunk's bytes while one is decoded."""
+        from dlowrank.io import chunkread
+
+        arr = self._zarr()
+        direct = self._direct(arr)
+        if direct is None:
+            return None
+        try:
+            return chunkread.read_tiles(arr, direct, rect, axis, ahead)
+        except chunkread.ChunkError as exc:
+            raise self._chunk_error(arr, exc.index, exc.cause, exc.fetched) from None
+
+    def _read_direct(self, arr: Any, direct: Any, parts: list, ahead: bool) -> None:
+        from dlowrank.io import chunkread
+
+        try:
+            chunkread.read_into(arr, direct, parts, ahead)
+        except chunkread.ChunkError as exc:
+            raise self._chunk_error(arr, exc.index, exc.cause, exc.fetched) from None
+
     def _damaged(self, arr: Any, rect: Rect, exc: Exception) -> StorageError:
         """Name the chunk of ``rect`` that fails to read (a damaged or truncated file)."""
         r0, r1, c0, c1 = rect
@@ -111,18 +153,31 @@ class ZarrSource:
                 try:
                     arr[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols]
                 except Exception as err:
-                    key = arr.metadata.encode_chunk_key((i, j))
-                    last_row = min((i + 1) * rows, arr.shape[0]) - 1
-                    last_col = min((j + 1) * cols, arr.shape[1]) - 1
-                    return StorageError(
-                        f"chunk {key} of {where} (rows {i * rows}-{last_row}, "
-                        f"columns {j * cols}-{last_col}) cannot be "
-                        f"decoded: {type(err).__name__}: {err}; the file is damaged or "
-                        "truncated: restore it from its source"
-                    )
+                    return self._chunk_error(arr, (i, j), err)
         return StorageError(
             f"{where}: rows {r0}-{r1 - 1}, columns {c0}-{c1 - 1} cannot be read: "
             f"{type(exc).__name__}: {exc}"
+        )
+
+    def _chunk_error(
+        self, arr: Any, index: tuple[int, int], err: Exception, fetched: bool = True
+    ) -> StorageError:
+        """Name the chunk ``index`` that failed: a fetched chunk that does not decode is
+        damaged; one that could not be fetched is the store's failure."""
+        i, j = index
+        rows, cols = arr.chunks
+        key = arr.metadata.encode_chunk_key((i, j))
+        last_row = min((i + 1) * rows, arr.shape[0]) - 1
+        last_col = min((j + 1) * cols, arr.shape[1]) - 1
+        where = (
+            f"chunk {key} of {self.url or 'the input'} (rows {i * rows}-{last_row}, "
+            f"columns {j * cols}-{last_col})"
+        )
+        if not fetched:
+            return StorageError(f"{where} cannot be read: {type(err).__name__}: {err}")
+        return StorageError(
+            f"{where} cannot be decoded: {type(err).__name__}: {err}; the file is damaged "
+            "or truncated: restore it from its source"
         )
 
 
@@ -220,8 +275,18 @@ class Window:
         dr, dc = self.origin
         return r0 + dr, r1 + dr, c0 + dc, c1 + dc
 
-    def read(self, rect: Rect) -> Any:
+    def read(self, rect: Rect, ahead: bool = True) -> Any:
+        if hasattr(self.base, "read_tiles"):
+            return self.base.read(self._shift(rect), ahead)
         return self.base.read(self._shift(rect))
+
+    def reads_in_place(self) -> bool:
+        check = getattr(self.base, "reads_in_place", None)
+        return bool(check is not None and check())
+
+    def read_tiles(self, rect: Rect, axis: int, ahead: bool = True) -> list | None:
+        read = getattr(self.base, "read_tiles", None)
+        return None if read is None else read(self._shift(rect), axis, ahead)
 
     def __getattr__(self, name: str) -> Any:
         if name == "delayed_block" and hasattr(self.base, "delayed_block"):

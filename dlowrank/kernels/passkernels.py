@@ -18,6 +18,74 @@ from dlowrank.kernels import factor, random
 _EMPTY: dict = {}
 
 
+#: A tile is multiplied in row slabs of at most this many float64 bytes when it must be
+#: converted first (float32 data in a float64 product), so the copy stays small.
+SLAB_BYTES = 16 << 20
+
+
+class Tiles:
+    """A dense piece of the tall-oriented A as column tiles, each in memory of its own
+    (decoded straight from the store: the piece is never assembled). ``parts`` =
+    [(lo, hi, tile)], the tiles' column ranges within the piece."""
+
+    def __init__(self, parts: list[tuple[int, int, np.ndarray]]) -> None:
+        self.parts = parts
+        self.shape = (parts[0][2].shape[0], parts[-1][1])
+        self.dtype = parts[0][2].dtype
+
+    def times(self, x: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+        """A x in ``dtype`` (x: the piece's rows of the operand)."""
+        out = None
+        for lo, hi, t in self.parts:
+            part = _product(t, x[lo:hi], dtype)
+            out = part if out is None else out + part
+        return out
+
+    def adjoint(self, y: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+        """A^T y in ``dtype`` (y: the piece's rows)."""
+        return np.vstack([_adjoint_product(t, y, dtype) for _, _, t in self.parts])
+
+    def fro2(self) -> np.ndarray:
+        return sum((_slab_fro2(t) for _, _, t in self.parts), np.asarray(0.0))
+
+    def toarray(self) -> np.ndarray:
+        return np.hstack([t for _, _, t in self.parts])
+
+
+def _slabs(t: np.ndarray) -> range:
+    return range(0, t.shape[0], max(1, SLAB_BYTES // max(1, 8 * t.shape[1])))
+
+
+def _product(t: np.ndarray, x: np.ndarray, dtype: Any) -> np.ndarray:
+    """t @ x in ``dtype``; a tile of another dtype is converted a row slab at a time."""
+    x = x.astype(dtype, copy=False)
+    if t.dtype == dtype:
+        return t @ x
+    step = _slabs(t).step
+    return np.vstack([t[s : s + step].astype(dtype) @ x for s in _slabs(t)])
+
+
+def _adjoint_product(t: np.ndarray, y: np.ndarray, dtype: Any) -> np.ndarray:
+    """t^T @ y in ``dtype``, converted a row slab at a time when the dtypes differ."""
+    y = y.astype(dtype, copy=False)
+    if t.dtype == dtype:
+        return t.T @ y
+    step = _slabs(t).step
+    return sum(t[s : s + step].astype(dtype).T @ y[s : s + step] for s in _slabs(t))
+
+
+def _slab_fro2(t: np.ndarray) -> np.ndarray:
+    step = _slabs(t).step
+    return sum((fro2(np.asarray(t[s : s + step], np.float64)) for s in _slabs(t)), np.asarray(0.0))
+
+
+def power_dtype(block: Any) -> Any:
+    """The precision of a power iteration's products: float32 for float32 data (the
+    iteration only finds a subspace, which the last pass measures in float64), else
+    float64."""
+    return np.float32 if getattr(block, "dtype", None) == np.float32 else np.float64
+
+
 def _f64(block: Any) -> Any:
     """``block`` in float64: a NumPy array, or a CSR matrix for a sparse block."""
     if scipy.sparse.issparse(block):
@@ -40,6 +108,8 @@ def fro2(block: np.ndarray) -> np.ndarray:
 def block_fro2(block: Any, missing: bool = False) -> np.ndarray:
     """||block||_F^2 of a dense or sparse block; with ``missing``, NaN entries are
     missing values and left out (an infinite entry still makes it infinite)."""
+    if isinstance(block, Tiles):
+        return block.fro2()
     values = block.data if scipy.sparse.issparse(block) else block
     values = np.asarray(values, dtype=np.float64).ravel()
     if missing:
@@ -66,18 +136,31 @@ def nonfinite(block, rows, cols, missing=False) -> dict:
 
 
 def gram_apply(block, rows, cols, x) -> dict:
-    """Panel kernel of a power iteration: Z += A_i^T (A_i X), one read (HMT §4.5)."""
-    a = _f64(block)
-    return {"sums": {"z": np.asarray(a.T @ (a @ x))}, "rows": _EMPTY, "cols": _EMPTY}
+    """Panel kernel of a power iteration: Z += A_i^T (A_i X), one read (HMT §4.5), in
+    :func:`power_dtype`; summed over panels in float64."""
+    dtype = power_dtype(block)
+    if isinstance(block, Tiles):
+        z = block.adjoint(block.times(x, dtype), dtype)
+    else:
+        a = block if dtype == np.float32 and isinstance(block, np.ndarray) else _f64(block)
+        xs = x.astype(a.dtype, copy=False)
+        z = np.asarray(a.T @ (a @ xs))
+    return {"sums": {"z": z.astype(np.float64)}, "rows": _EMPTY, "cols": _EMPTY}
 
 
 def range_and_adjoint(block, rows, cols, x) -> dict:
     """Final panel kernel: Y_i = A_i X (kept), W += A_i^T Y_i, and Y's Gram Y_i^T Y_i
-    (CholeskyQR's first step then needs no read of Y)."""
-    a = _f64(block)
-    y = np.asarray(a @ x)
+    (CholeskyQR's first step then needs no read of Y). In float64: the exact error
+    comes from these sums."""
+    if isinstance(block, Tiles):
+        y = block.times(x)
+        w = block.adjoint(y)
+    else:
+        a = _f64(block)
+        y = np.asarray(a @ x)
+        w = np.asarray(a.T @ y)
     return {
-        "sums": {"w": np.asarray(a.T @ y), "yty": y.T @ y},
+        "sums": {"w": w, "yty": y.T @ y},
         "rows": {"y": y},
         "cols": _EMPTY,
     }
@@ -86,8 +169,9 @@ def range_and_adjoint(block, rows, cols, x) -> dict:
 def project(block, rows, cols, q) -> dict:
     """B += Q_i^T A_i: the explicit projection, when W = A^T Y cannot be used safely
     (``q``: the piece's rows Q_i only)."""
+    b = block.adjoint(q).T if isinstance(block, Tiles) else _left(q.T, _f64(block))
     return {
-        "sums": {"b": _left(q.T, _f64(block))},
+        "sums": {"b": b},
         "rows": _EMPTY,
         "cols": _EMPTY,
     }
@@ -408,3 +492,7 @@ for _kernel in (
     residual,
 ):
     _kernel.separable = True
+
+# Kernels that take a panel as :class:`Tiles` (the engine then never assembles it).
+for _kernel in (gram_apply, range_and_adjoint, project):
+    _kernel.tiles = True
