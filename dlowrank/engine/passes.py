@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import operator
+import sys
 import threading
 import time
 import uuid
@@ -32,7 +33,9 @@ from typing import Any
 import dask
 import numpy as np
 from dask.callbacks import Callback
+from dask.local import get_sync as SYNC
 from dask.system import CPU_COUNT
+from dask.threaded import get as THREADS
 from dask.utils import format_bytes, parse_bytes
 
 from dlowrank.engine.tall import (
@@ -471,8 +474,12 @@ def _budget(memory: int | None, client: Any, source: Any) -> tuple[int, int | No
 
 
 def _current_client(client: Any) -> Any:
+    """``client``, else the active distributed client, if any: none can exist before
+    distributed is imported, and importing it just to find out costs about a second."""
     if client is not None:
         return client
+    if "distributed" not in sys.modules:
+        return None
     try:
         from distributed import get_client
 
@@ -586,7 +593,7 @@ class PassEngine:
         if client is not None:
             return client.gather(client.compute(tasks))
         with one_blas_thread():
-            return list(dask.compute(*tasks, scheduler="threads", num_workers=self.plan.threads))
+            return list(dask.compute(*tasks, scheduler=THREADS, num_workers=self.plan.threads))
 
     def close(self) -> None:
         """Remove the computation's temporary tall panels (not a checkpoint's pass panels)."""
@@ -873,7 +880,7 @@ class PassEngine:
         out = (
             client.gather(client.compute(leaves))
             if client is not None
-            else dask.compute(*leaves, scheduler="threads")
+            else dask.compute(*leaves, scheduler=THREADS)
         )
         self.passes += 1
         return list(out)
@@ -932,7 +939,7 @@ class PassEngine:
                 _PieceCounter(self, index, len(leaves), self.timeout),
             ):
                 # one piece (a small in-memory input): no thread pool to start
-                scheduler = "sync" if len(leaves) == 1 else "threads"
+                scheduler = SYNC if len(leaves) == 1 else THREADS
                 total, rows, cols = dask.compute(
                     total, rows, cols, scheduler=scheduler, num_workers=self.plan.threads
                 )

@@ -34,6 +34,7 @@ from typing import Any
 
 import dask
 import numpy as np
+from dask.threaded import get as threaded_get
 
 from dlowrank.kernels.exact import sign_flip
 
@@ -173,7 +174,9 @@ class Space:
         self.storage_options = storage_options
         self._root = root.rstrip("/") if root else None
         self._own_root = root is None
-        self._execute = execute or (lambda tasks: list(dask.compute(*tasks, scheduler="threads")))
+        self._execute = execute or (
+            lambda tasks: list(dask.compute(*tasks, scheduler=threaded_get))
+        )
         self._made: list[weakref.ref] = []  # owners of the folders made here (see close)
         self._finalizer: Any = None
         self._folder: _Folder | None = None  # the local temporary root, when made
@@ -605,9 +608,6 @@ def factor(
     decided from the column maxima the writing tasks return (no separate read); returns
     (factor, signs).
     ``limit``: a smaller limit than the configured one (the run's memory budget)."""
-    import dask.array as da
-    import zarr
-
     dtype = np.dtype(dtype)
     m, k = u.shape
     limit = factor_limit() if limit is None else min(limit, factor_limit())
@@ -620,6 +620,9 @@ def factor(
         out = out.astype(dtype)
         out = out.T if transpose else out
         return (out, signs) if flip else out
+    import dask.array as da  # a lazy factor only: an in-memory one needs neither
+    import zarr
+
     so = u.space.storage_options
     shared = dask.config.get("dlowrank.scratch", None)
     if shared:  # where every worker can write and every reader can read

@@ -12,14 +12,16 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import fsspec
 import numpy as np
 import zarr
 
 from dlowrank.errors import BackendError, InputError, StoreNotFoundError, UnsafeInputError
+
+if TYPE_CHECKING:  # imported where used: opening a path for a pass needs no dask.array
+    import dask.array as da  # (which imports xarray and pandas when they are installed)
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +319,19 @@ def open_matrix(url: str | os.PathLike, *, storage_options: dict | None = None) 
     >>> x.chunks, x.dtype.name
     (((3, 3), (4,)), 'float64')
     """
+    import dask.array as da
+
+    arr, dtype = open_zarr(url, storage_options=storage_options)
+    x = da.from_zarr(arr)
+    x = x if x.dtype == dtype else x.astype(dtype)
+    _ZARR_ORIGINS[x.name] = (os.fspath(url), storage_options)
+    return x
+
+
+def open_zarr(
+    url: str | os.PathLike, *, storage_options: dict | None = None
+) -> tuple[zarr.Array, np.dtype]:
+    """The checks of :func:`open_matrix`, then the zarr array and its compute dtype."""
     url = os.fspath(url)
     fs, path = filesystem(url, storage_options)
     meta = _raw_metadata(url, fs, path.rstrip("/"))
@@ -329,15 +344,20 @@ def open_matrix(url: str | os.PathLike, *, storage_options: dict | None = None) 
 
     check_store_chunks(url, storage_options, meta)  # every chunk the shape implies is stored
     kwargs = {"storage_options": storage_options} if storage_options else {}
-    arr = zarr.open_array(url, mode="r", **kwargs)
-    x = da.from_zarr(arr)
-    x = x if x.dtype == dtype else x.astype(dtype)
-    _ZARR_ORIGINS[x.name] = (url, storage_options)
-    return x
+    return zarr.open_array(url, mode="r", **kwargs), dtype
+
+
+def stored_chunks(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """Dask-style chunks (every block's size per axis) of a regular chunk grid."""
+    return tuple(
+        (c,) * (d // c) + ((d % c,) if d % c else ()) for d, c in zip(shape, chunks, strict=True)
+    )
 
 
 def as_dask_matrix(a: Any, *, name: str = "a", storage_options: dict | None = None) -> da.Array:
     """Any supported input (URL, path, zarr.Array, Dask or NumPy array), validated, as Dask."""
+    import dask.array as da
+
     if isinstance(a, (str, os.PathLike)):
         return open_matrix(a, storage_options=storage_options)
     if isinstance(a, zarr.Array):

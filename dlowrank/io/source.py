@@ -306,6 +306,13 @@ def open_source(a: Any, *, name: str = "a", storage_options: dict | None = None)
         ratings = open_ratings(a, storage_options=storage_options)
         if ratings is not None:
             return ratings
+        from dlowrank.io.matrix import open_zarr, stored_chunks
+
+        arr, dtype = open_zarr(a, storage_options=storage_options)
+        chunks = stored_chunks(arr.shape, arr.chunks)
+        return ZarrSource(
+            arr.shape, dtype, chunks, url=os.fspath(a), storage_options=storage_options
+        )
     from dlowrank.io.matrix import as_dask_matrix, zarr_origin
 
     a = bare_zarr(a) or a  # da.from_zarr(...) as it came: read the store directly
