@@ -199,7 +199,8 @@ def _test_rows(seed: tuple, key: int, n_rows: int, width: int, span: tuple[int, 
 
 def three_sketch(block, rows, cols, seed, m, right, k, d) -> dict:
     """One chunk's share of the sketches Y = A Omega, X = Upsilon A, Z = Phi A Psi^T
-    and the error sketch E = Theta A.
+    and the error sketch E = Theta A; and of Phi Y and Theta Y (every sketch is linear
+    in A, so these sum over chunks too).
 
     ``right`` = [Omega | Psi^T] (n, k + s) is shared by all tasks; the m-sized test
     matrices Upsilon, Phi, Theta are generated here from the seed and the chunk's
@@ -214,7 +215,10 @@ def three_sketch(block, rows, cols, seed, m, right, k, d) -> dict:
     phi = _test_rows(seed, random.Stream.SKETCH_PHI, m, s, rows)
     ar = np.asarray(a @ right[cols[0] : cols[1]])  # one GEMM for Y and A Psi^T
     la = _left(left.T, a)  # one GEMM for X and E
-    sums = {"z": phi.T @ ar[:, k:]}
+    pz = phi.T @ ar  # [Phi Y | Z]: Phi Y (s, k) spares the finish a read of Y's panels
+    sums = {"z": pz[:, k:], "phi_y": pz[:, :k]}
+    if d:
+        sums["theta_y"] = left[:, k:].T @ ar[:, :k]  # Theta Y (d, k)
     out_cols = {"x": la[:k]}
     if d:
         out_cols["e"] = la[k:]

@@ -10,6 +10,7 @@ worker, and the same seed gives the same numbers for any chunking of the data
 from __future__ import annotations
 
 import enum
+import functools
 
 import numpy as np
 
@@ -59,10 +60,34 @@ def gaussian_panel(
     uniform: bool = False,
 ) -> np.ndarray:
     """Canonical panel ``panel`` (at most ``panel_rows`` x ``cols``) of N(0, 1) numbers
-    (``uniform``: of U[0, 1) numbers)."""
+    (``uniform``: of U[0, 1) numbers). Read-only: the last few panels are kept
+    (:func:`_kept_panel`), since the row slabs of a piece and the pieces of one chunk row
+    each ask for the panels they overlap (measured: a 10,000 x 2,000 chunk's single-pass
+    kernel took 0.52 s in 16 MB slabs, 0.40 s whole)."""
+    return _kept_panel(entropy, spawn_key, key, n_rows, cols, panel, panel_rows, uniform)
+
+
+#: Panels kept per process: a chunk row of 10,000 rows overlaps 3 or 4 panels of each of
+#: the single pass's two m-side test matrices (at most 8 x 4096 x 163 float64, 43 MB).
+KEPT_PANELS = 8
+
+
+@functools.lru_cache(maxsize=KEPT_PANELS)
+def _kept_panel(
+    entropy: int,
+    spawn_key: tuple[int, ...],
+    key: int,
+    n_rows: int,
+    cols: int,
+    panel: int,
+    panel_rows: int,
+    uniform: bool,
+) -> np.ndarray:
     rows = min(panel_rows, n_rows - panel * panel_rows)
     rng = child_rng(entropy, spawn_key, key, panel)
-    return rng.random((rows, cols)) if uniform else rng.standard_normal((rows, cols))
+    out = rng.random((rows, cols)) if uniform else rng.standard_normal((rows, cols))
+    out.flags.writeable = False
+    return out
 
 
 def gaussian_rows(
@@ -85,4 +110,4 @@ def gaussian_rows(
         ]
         for p in range(first, last + 1)
     ]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    return parts[0].copy() if len(parts) == 1 else np.concatenate(parts, axis=0)
