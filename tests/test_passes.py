@@ -86,12 +86,37 @@ def test_open_matrix_arrays_are_read_by_the_tasks_themselves(stored):
     # floor"); anything computed on it, a slice or another chunking goes through dask
     import dask.array as da
 
-    bare = da.from_zarr(stored)
+    from dlowrank.io.source import DaskSource, Window
+
+    bare = da.from_zarr(stored)  # 600 x 150 in chunks of 100 x 50
     assert isinstance(open_source(bare), ZarrSource)
-    for other in (bare[:300], bare + 0, bare.rechunk((200, 50)), bare.astype("float32")):
-        assert not isinstance(open_source(other), ZarrSource)
+    # a slice on the chunk boundaries is a window of the store, read by the tasks too
+    for part, origin in ((bare[:300], (0, 0)), (bare[200:, 50:], (200, 50))):
+        src = open_source(part)
+        assert isinstance(src, Window) and src.origin == origin and src.shape == part.shape
+        np.testing.assert_array_equal(src.read((0, part.shape[0], 0, part.shape[1])), part)
+    # anything else goes through dask: off the boundaries, a step, computed, rechunked
+    for other in (
+        bare[150:300],
+        bare[::2],
+        bare[::-1],
+        bare + 0,
+        bare.rechunk((200, 50)),
+        bare.astype("float32"),
+        da.from_zarr(stored, chunks=(200, 50))[200:400],
+    ):
+        assert isinstance(open_source(other), DaskSource)
     r = dlowrank.randomized_svd(bare, 5, seed=1)
     ref = dlowrank.randomized_svd(bare + 0, 5, seed=1)
+    np.testing.assert_allclose(r.s, ref.s, rtol=1e-12)
+    arr, store = counted_array(stored)
+    part = da.from_zarr(arr)[100:400, 50:]
+    r = dlowrank.randomized_svd(part, 5, seed=1)
+    # the window's 3 x 2 chunks only, each once a pass
+    assert r.passes == 2 and dict(store.reads) == {
+        f"c/{i}/{j}": 2 for i in (1, 2, 3) for j in (1, 2)
+    }
+    ref = dlowrank.randomized_svd(part + 0, 5, seed=1)
     np.testing.assert_allclose(r.s, ref.s, rtol=1e-12)
 
 

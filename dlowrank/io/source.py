@@ -315,7 +315,14 @@ def open_source(a: Any, *, name: str = "a", storage_options: dict | None = None)
         )
     from dlowrank.io.matrix import as_dask_matrix, zarr_origin
 
-    a = bare_zarr(a) or a  # da.from_zarr(...) as it came: read the store directly
+    found = zarr_window(a)  # da.from_zarr(...) as it came, or its chunk-aligned slice:
+    if found is not None:  # read the store directly
+        z, origin = found
+        if origin == (0, 0) and tuple(a.shape) == tuple(z.shape):
+            a = z
+        else:
+            base = open_source(z, name=name)
+            return Window(base, origin, tuple(int(d) for d in a.shape))
     if isinstance(a, zarr.Array):
         x = as_dask_matrix(a, name=name)
         return ZarrSource(x.shape, x.dtype, x.chunks, array=a)
@@ -347,6 +354,58 @@ def bare_zarr(a: Any) -> zarr.Array | None:
     if z.shape != a.shape or z.dtype != a.dtype or a.chunks != own:
         return None
     return z
+
+
+def zarr_window(a: Any) -> tuple[zarr.Array, tuple[int, int]] | None:
+    """(z, origin) when ``a`` is ``da.from_zarr(z)`` as it came (origin (0, 0)) or a slice
+    of it on z's chunk boundaries (dask then aliases each of its blocks to a block of the
+    original, offset by the same number of blocks: origin is that offset in rows and
+    columns); else None (anything computed on it, a step, a reversal, another chunking)."""
+    z = bare_zarr(a)
+    if z is not None:
+        return z, (0, 0)
+    da = sys.modules.get("dask.array")
+    if da is None or not isinstance(a, da.Array) or a.ndim != 2 or len(a.dask.layers) != 3:
+        return None
+    *inner, last = a.dask.layers
+    return _aliased(a, inner, dict(a.dask.layers[last]))
+
+
+def _aliased(a: Any, inner: list, tasks: dict) -> tuple[zarr.Array, tuple[int, int]] | None:
+    """The (z, origin) of :func:`zarr_window` for a from_zarr graph ``inner`` (two layers)
+    under a layer ``tasks`` of aliases."""
+    graph = dict(a.dask)
+    found = [
+        v for v in (getattr(v, "value", v) for v in graph.values()) if isinstance(v, zarr.Array)
+    ]
+    if len(found) != 1 or found[0].dtype != a.dtype or found[0].ndim != 2:
+        return None
+    z = found[0]
+    source_name = inner[-1]
+    grid = [-(-size // c) for size, c in zip(z.shape, z.chunks, strict=True)]
+    if len(a.dask.layers[source_name]) != grid[0] * grid[1]:  # z read in its own chunks
+        return None
+    offsets = set()
+    for key, task in tasks.items():
+        target = getattr(task, "target", None)
+        if type(task).__name__ != "Alias" or not isinstance(target, tuple) or len(target) != 3:
+            return None
+        if target[0] != source_name or len(key) != 3:
+            return None
+        offsets.add((target[1] - key[1], target[2] - key[2]))
+    if len(offsets) != 1 or len(tasks) != int(np.prod(a.numblocks)):
+        return None
+    (di, dj), (ch, cw) = offsets.pop(), z.chunks
+    origin = (di * ch, dj * cw)
+    want = tuple(
+        tuple(min(c, size - o - k * c) for k in range(nb))
+        for size, o, c, nb in zip(z.shape, origin, (ch, cw), a.numblocks, strict=True)
+    )
+    if tuple(a.chunks) != want or any(
+        o + d > size for o, d, size in zip(origin, a.shape, z.shape, strict=True)
+    ):
+        return None
+    return z, origin
 
 
 def dense(source: Any, what: str, name: str = "a") -> da.Array:
