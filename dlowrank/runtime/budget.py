@@ -227,6 +227,9 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
+        fast = _tree_rss(os.getpid())
+        if fast is not None:
+            return fast
         me = psutil.Process()
         total = me.memory_info().rss
         for child in me.children(recursive=True):
@@ -248,3 +251,30 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._sample())
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _tree_rss(pid: int) -> int | None:
+    """Resident bytes of ``pid`` and its descendants from /proc (each thread's
+    ``children`` list, then ``statm``), or None where Linux does not offer them. psutil
+    finds children by reading every process's stat file: sampled every 0.1 s during a run,
+    that took about a tenth of a core (measured with py-spy on the single pass: 2.5 s of
+    CPU in 13 s)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * _PAGE
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children", "rb") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            if p == pid:
+                return None  # no /proc, or no children lists: psutil's way
+        except (OSError, ValueError):
+            if p == pid:
+                return None
+    return total
