@@ -84,7 +84,7 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         Rank of the approximation, in [1, min(n_samples, n_features)].
     passes : int, optional
         Reads of the input (see :func:`dlowrank.randomized_svd`); default 2 (one
-        power iteration at twice the width), or ``n_iter`` + 1 when ``n_iter`` is
+        power iteration at three times the width), or ``n_iter`` + 1 when ``n_iter`` is
         given.
     n_iter : int, optional
         Power iterations (scikit-learn's name); give ``passes`` or ``n_iter``.

@@ -53,10 +53,10 @@ PASSES = Param(
     "passes",
     int,
     None,
-    "Reads of A: 2 (default) power-iterates once with a sketch twice as wide as "
-    "rank + n_oversamples, within 0.07 % of the optimum of 3 passes at rank + "
-    "n_oversamples or better (measured: README, choosing passes); k >= 3: k - 1 power "
-    "iterations at rank + n_oversamples.",
+    "Reads of A: 2 (default) power-iterates once with a sketch three times as wide as "
+    "rank + n_oversamples (up to 256 columns, at least twice), as accurate as 3 passes at "
+    "rank + n_oversamples or better (measured: README, choosing passes); k >= 3: k - 1 "
+    "power iterations at rank + n_oversamples.",
     low=1,
     high=MAX_POWER_ITER + 1,
 )
@@ -187,11 +187,12 @@ def _power_and_width(
 ) -> tuple[int, int]:
     """(power iterations, width factor) from ``passes`` or ``n_power_iter``.
 
-    Two passes get a sketch twice as wide: a pass costs a read of A, while widening it
-    costs GEMM time that hides behind the read. Measured (``dlowrank bench --suite
-    passes``, README "choosing passes"): q = 1 at 2 (k + p) beats q = 2 at k + p on
-    real images, eigenfaces and 1/i spectra, and is within 0.07 % of the optimum of it
-    on 1/sqrt(i) and flat spectra, with one read less.
+    Two passes get a sketch three times as wide (:func:`sketch_width`): a pass costs a
+    read of A, while widening it costs GEMM time beside the read. Measured (``dlowrank
+    bench --suite passes``, README "choosing passes"), rank 20: q = 1 at 3 (k + p)
+    matches or beats q = 2 at k + p on every matrix there (real images, eigenfaces, 1/i,
+    1/sqrt(i), flat and scikit-learn's spectra), with one read less; at 2 (k + p) it
+    trailed on 1/sqrt(i) and flat spectra.
     """
     if passes == 1 and warm and n_power_iter in (None, 0):
         return 0, 1  # a warm start's one pass: Y = A X and A^T Y in one read
@@ -208,7 +209,24 @@ def _power_and_width(
     if n_power_iter is not None:
         return n_power_iter, 1
     q = (passes or DEFAULT_PASSES) - 1
-    return q, 2 if q == 1 else 1
+    return q, 3 if q == 1 else 1
+
+
+#: The default two passes' sketch: three times rank + n_oversamples up to this many
+#: columns (never less than twice). Per 10,000 x 2,000 float64 chunk on one core, a
+#: pass's two products cost about 2 ms per sketch column and reading the chunk 0.35-0.5 s
+#: (measured): up to about 256 columns a pass stays near the cost of a read.
+WIDE_COLUMNS = 256
+
+
+def sketch_width(widen: int, rank: int, oversamples: int, short: int) -> int:
+    """The sketch width for ``widen`` (1, or 3 for the default two passes: see
+    :data:`WIDE_COLUMNS`) at ``rank`` + ``oversamples``, at most ``short`` = min(m, n)."""
+    base = rank + oversamples
+    width = widen * base
+    if widen > 2:
+        width = min(width, max(2 * base, WIDE_COLUMNS))
+    return min(width, short)
 
 
 def _check_sketch(v: dict, source: Any) -> dict:
@@ -338,11 +356,11 @@ def randomized_svd(
         Number of singular triplets, in [1, min(m, n)]. Give ``rank`` or ``max_error``.
     passes : int, optional
         Reads of ``a``, >= 2 (default 2; one read is :func:`sketch_svd`). Two passes
-        power-iterate once with a sketch twice as wide, min(2 (rank + p), min(m, n)):
-        a pass costs a read of A, a wider sketch only GEMM time. Measured at rank
-        20, this beats 3 passes at rank + p on real images, eigenfaces and 1/i
-        spectra, and trails them by under 0.07 % of the optimum on 1/sqrt(i) and
-        flat spectra (README, "choosing passes"). k >= 3 passes make k - 1
+        power-iterate once with a sketch three times as wide, 3 (rank + p) up to 256
+        columns and at least 2 (rank + p), at most min(m, n): a pass costs a read of
+        A, a wider sketch only GEMM time. Measured at rank 20, this matches or beats
+        3 passes at rank + p on real images, eigenfaces, 1/i, 1/sqrt(i), flat and
+        scikit-learn's spectra (README, "choosing passes"). k >= 3 passes make k - 1
         power iterations at width rank + p.
     n_power_iter : int, optional
         q >= 0 power iterations (q + 1 passes, A^T A applied per row panel) at width
@@ -440,7 +458,7 @@ def randomized_svd(
     q, over, widen = p["n_power_iter"], p["n_oversamples"], p["widen"]
     if p["max_error"] is None:
         rank = p["rank"]
-        width = min(widen * (rank + over), min(engine.tall_shape))
+        width = sketch_width(widen, rank, over, min(engine.tall_shape))
         warm = None if start is None else _start_factor(start, engine.source.shape)["factor"]
         factors = _rsvd.range_sketch(engine, width, q, run.seed, need=rank, start=warm)
     else:
@@ -458,7 +476,7 @@ def randomized_svd(
 def _fixed_precision(engine, max_error, max_rank, q, p, widen, seq):
     width = min(max_rank, 64)
     while True:
-        sketch = min(widen * (width + p), min(engine.tall_shape))
+        sketch = sketch_width(widen, width, p, min(engine.tall_shape))
         factors = _rsvd.range_sketch(engine, sketch, q, seq)
         rank = _rsvd.rank_for_tol(factors, max_error)
         if rank is not None and rank <= max_rank:

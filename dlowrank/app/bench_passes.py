@@ -4,7 +4,7 @@ A pass costs a read of A; a wider sketch costs GEMM time that hides behind the r
 This suite measures, on the examples' real images, eigenfaces, and slow and flat test
 spectra, the error over the optimum (mean over seeds) of:
 
-- ``passes=2`` (the default): one power iteration at width 2 (k + p);
+- ``passes=2`` (the default): one power iteration at width 3 (k + p) (at most 256);
 - ``passes=3`` (``n_power_iter=2``): the classic q = 2 at width k + p (dask's and the
   former default);
 - ``n_power_iter=1``: one power iteration at width k + p (what 2 passes gave before);

@@ -110,7 +110,7 @@ OUTPUT = [
 PASSES = replace(
     _PASSES,
     help="Reads of A: 1 the single-pass sketch (sketch_svd); 2 (default) one power "
-    "iteration at twice the width; k >= 3: k - 1 power iterations.",
+    "iteration at three times the width; k >= 3: k - 1 power iterations.",
 )
 #: A scheduled job on a growing matrix (svd only): update the result, or start over.
 GROWTH = [
