@@ -239,6 +239,7 @@ class Spec:
     name: str
     params: tuple[Param, ...]
     check: Any = None
+    tiles: bool = False  # its panel kernels take a panel as tiles (never assembled)
 
     def __getitem__(self, name: str) -> Param:
         for p in self.params:

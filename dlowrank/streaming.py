@@ -278,6 +278,7 @@ RANDOMIZED_SVD = Spec(
         *ENGINE,
     ),
     _check_rsvd,
+    tiles=True,
 )
 KEEP_SKETCH = Param(
     "keep_sketch",

@@ -194,9 +194,23 @@ def test_a_panel_read_in_place_needs_itself_and_one_chunk_in_flight(stored):
     src = open_source(stored)  # 600 x 150 float64, chunks 100 x 50 (40 kB), zstd
     assert src.reads_in_place()
     panel, chunk = 100 * 150 * 8, 100 * 50 * 8
-    tight = Plan.make(src, "auto", panel + chunk)
+    # kernels that take tiles: the panel's chunks are decoded where they belong
+    tight = Plan.make(src, "auto", panel + chunk, tiles=True)
     assert tight.kind == "panel" and not tight.ahead  # the next chunk is fetched after
-    roomy = Plan.make(src, "auto", panel + 2 * chunk)
+    roomy = Plan.make(src, "auto", panel + 2 * chunk, tiles=True)
     assert roomy.kind == "panel" and roomy.ahead
     with pytest.warns(match="working chunk by chunk"):
-        assert Plan.make(src, "auto", panel + chunk - 1).kind == "block"
+        assert Plan.make(src, "auto", panel + chunk - 1, tiles=True).kind == "block"
+    # a panel assembled whole passes each chunk through a chunk buffer besides
+    with pytest.warns(match="working chunk by chunk"):
+        assert Plan.make(src, "auto", panel + chunk).kind == "block"
+    assert Plan.make(src, "auto", panel + 2 * chunk).kind == "panel"
+
+
+def test_a_seed_of_several_words_makes_its_test_matrices(stored):
+    seed = np.random.SeedSequence([1, 2])
+    a = dlowrank.randomized_svd(stored, 5, seed=seed)
+    b = dlowrank.randomized_svd(stored, 5, seed=np.random.SeedSequence([1, 2]))
+    np.testing.assert_array_equal(a.s, b.s)
+    c = dlowrank.sketch_svd(stored, 5, seed=seed)
+    assert c.passes == 1 and np.all(np.isfinite(c.s))

@@ -243,7 +243,7 @@ def _run_piece(
     its row outputs are settled here (:func:`_settle`), so that no later task holds them
     beside the next piece (measured: on 500 MB workers the single pass over 8,000,000 x
     64 lost every worker with a separate settling task). ``origin``: where the source's
-    (0, 0) lies in A (a window of A): the kernel sees A's global indices. ``ahead``: a
+    (0, 0) lies in A (an update's window of A): the kernel sees A's global indices. ``ahead``: a
     stored source fetches the next chunk's bytes while one is decoded."""
     out = _piece_outputs(block_or_source, rect, transpose, kernel, args, origin, ahead)
     if settle is not None:
@@ -327,6 +327,7 @@ class Plan:
         threads: int | None = None,
         transpose: bool | None = None,
         rank: int | None = None,
+        tiles: bool = False,
     ) -> Plan:
         """The plan for ``layout`` ("auto": panels when a task can hold a chunk row, about
         :func:`_entry_bytes` an entry, within ``budget``); ``transpose`` by default when A
@@ -341,9 +342,13 @@ class Plan:
         if getattr(source, "sparse", False) and nnz:  # a row holds its stored entries
             band_bytes = min(band_bytes, _sparse_row_bytes(nnz, tall_shape[0], rank))
         panel = max(tall_chunks[0]) * tall_shape[1] * _entry_bytes(source)
-        chunk = _in_flight(source) // 2  # one chunk's stored bytes, when read in place
+        chunk = _stored_chunk(source)
+        # a chunk that cannot be decoded where it belongs passes through a chunk buffer:
+        # an edge chunk, a tile of several chunks (a wide A's), a panel assembled whole
+        whole = panel_tiles_whole(source, transpose) if tiles else False
+        scratch = 0 if whole else chunk
         if layout == "auto":  # a panel's task holds it and at least one chunk's bytes
-            widest = panel + chunk
+            widest = panel + chunk + scratch
             layout = "panel" if widest <= budget else "block"
             if layout == "block":
                 warnings.warn(
@@ -361,7 +366,7 @@ class Plan:
         else:
             rows, cols = _ranges(tall_chunks[0]), _ranges(tall_chunks[1])
         # the next chunk's bytes are fetched during a decode when a task can hold them
-        piece = panel if layout == "panel" else _chunk_need(source) - 2 * chunk
+        piece = panel + scratch if layout == "panel" else _chunk_need(source) - 2 * chunk
         ahead = piece + 2 * chunk <= budget
         return cls(
             layout,
@@ -385,14 +390,18 @@ def _sparse_row_bytes(nnz: int, rows: int, rank: int | None) -> int:
 
 
 def _chunk_need(source: Any) -> int:
-    """Bytes a task holds to work on one chunk: per entry, the chunk as read and its
-    decoded buffer (2 x the itemsize) and 8 bytes for the float64 work (a slab's copy
-    and products, the piece's row outputs): TASK_FACTOR x its float64 size for float64
-    input, 2x for float32 (measured, 8,000,000 x 64 float32 under 1 GB: 2 tasks peak
-    below the cap)."""
+    """Bytes a task holds to work on one chunk. Read by zarr: per entry, the chunk as
+    read and its decoded buffer (2 x the itemsize) and 8 bytes for the float64 work (a
+    slab's copy and products, the piece's row outputs): TASK_FACTOR x its float64 size
+    for float64 input, 2x for float32 (measured, 8,000,000 x 64 float32 under 1 GB: 2
+    tasks peak below the cap). Read in place: the chunk (:func:`_entry_bytes`), two
+    chunks' stored bytes in flight, and a chunk buffer where edge chunks pass through
+    one."""
     if getattr(source, "sparse", False):
         return 0  # read by row panels of stored entries: no dense chunk is made
-    return _entry_bytes(source) * max(source.chunks[0]) * max(source.chunks[1]) + _in_flight(source)
+    edges = any(len(set(c)) > 1 for c in source.chunks)  # decoded through a chunk buffer
+    stored = _in_flight(source) + (_stored_chunk(source) if edges else 0)
+    return _entry_bytes(source) * max(source.chunks[0]) * max(source.chunks[1]) + stored
 
 
 def _in_place(source: Any) -> bool:
@@ -412,12 +421,24 @@ def _entry_bytes(source: Any) -> int:
     return 2 * item + 8
 
 
-def _in_flight(source: Any) -> int:
-    """A task's bytes besides its piece: decoded in place, the stored bytes of the chunk
-    being decoded and of the next, fetched meanwhile (at most a chunk's bytes each)."""
+def _stored_chunk(source: Any) -> int:
+    """At most a chunk's stored bytes (its size in memory) when the source is read in
+    place, else 0 (zarr's reads are in :func:`_entry_bytes`)."""
     if not _in_place(source):
         return 0
-    return 2 * np.dtype(source.dtype).itemsize * max(source.chunks[0]) * max(source.chunks[1])
+    return np.dtype(source.dtype).itemsize * max(source.chunks[0]) * max(source.chunks[1])
+
+
+def _in_flight(source: Any) -> int:
+    """A task's bytes besides its piece: decoded in place, the stored bytes of the chunk
+    being decoded and of the next, fetched meanwhile."""
+    return 2 * _stored_chunk(source)
+
+
+def panel_tiles_whole(source: Any, transpose: bool) -> bool:
+    """Whether a panel's tiles take every chunk whole (no chunk buffer): A tall, one
+    chunk a tile, no edge chunk."""
+    return not transpose and all(len(set(c)) == 1 for c in source.chunks)
 
 
 def _too_small(need: int, task: int, have: str, source: Any) -> Exception:
@@ -539,6 +560,7 @@ class PassEngine:
         missing: bool = False,
         transpose: bool | None = None,
         rank: int | None = None,
+        tiles: bool = False,
     ) -> None:
         self.source = source
         self.client = _current_client(client)
@@ -546,7 +568,7 @@ class PassEngine:
         self.timeout = timeout
         self.missing = missing
         task, threads = _budget(memory, self.client, source)
-        self.plan = Plan.make(source, layout, task, threads, transpose, rank=rank)
+        self.plan = Plan.make(source, layout, task, threads, transpose, rank=rank, tiles=tiles)
         self.space = self._space()
         self._checkpoint = None
         self.checkpoint = checkpoint
@@ -634,7 +656,7 @@ class PassEngine:
             data = self.source.delayed_block(rect)
         else:
             data = self.source
-        origin = getattr(self.source, "origin", (0, 0))
+        origin = getattr(self.source, "index_origin", (0, 0))
         return dask.delayed(_run_piece, pure=False)(
             data, rect, self.transpose, kernel, args, settle, origin, report, self.plan.ahead
         )

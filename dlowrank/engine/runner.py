@@ -160,6 +160,7 @@ class Run:
             fingerprint=getattr(checkpoint, "verified_fingerprint", None),
             missing=v.get("missing") == "nan",
             rank=params.get("rank") if isinstance(params.get("rank"), int) else None,
+            tiles=spec.tiles,
         )
         if "layout" in v:
             params["layout"] = self.engine.layout

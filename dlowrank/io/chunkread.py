@@ -107,15 +107,48 @@ class ChunkError(Exception):
 
 def _decode(direct: Direct, raw: Any, out: np.ndarray) -> None:
     """Decode one whole chunk's bytes into ``out`` (C-contiguous, the chunk's shape)."""
-    if raw is None:
-        out[...] = direct.fill
+    if raw is None:  # zarr's reading of an absent chunk (v2's null fill value: zeros)
+        out[...] = 0 if direct.fill is None else direct.fill
     elif direct.codec is None:
         flat = out.reshape(-1).view(np.uint8)
         if raw.size != flat.size:
             raise ValueError(f"{raw.size} bytes stored where the chunk has {flat.size}")
         flat[...] = raw
     else:
-        direct.codec.decode(raw, out=out)
+        size = decoded_size(direct.codec, raw)
+        if size is None:  # a codec whose output does not record its size: decode, check
+            data = np.frombuffer(memoryview(direct.codec.decode(raw)).cast("B"), np.uint8)
+            _check_size(data.size, out)
+            out.reshape(-1).view(np.uint8)[...] = data
+        else:  # numcodecs would fill the front of ``out`` with a short chunk, no more
+            _check_size(size, out)
+            direct.codec.decode(raw, out=out)
+
+
+def _check_size(size: int, out: np.ndarray) -> None:
+    if size != out.nbytes:
+        raise ValueError(f"the chunk decodes to {size} bytes where it has {out.nbytes}")
+
+
+def decoded_size(codec: Any, raw: Any) -> int | None:
+    """The size ``raw`` decodes to, from its own header where the format records it
+    (zstd's frame content size, blosc's header, gzip's trailer, modulo 2^32); else None."""
+    raw = np.frombuffer(memoryview(raw).cast("B"), np.uint8)
+    name = type(codec).__name__
+    if name == "Blosc" and raw.size >= 16:
+        return int.from_bytes(raw[4:8].tobytes(), "little")
+    if name == "GZip" and raw.size >= 18:
+        return int.from_bytes(raw[-4:].tobytes(), "little")  # ISIZE: the size mod 2^32
+    if name == "Zstd" and raw.size >= 6 and raw[:4].tobytes() == b"\x28\xb5\x2f\xfd":
+        fhd = int(raw[4])
+        single = (fhd >> 5) & 1
+        pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3]
+        width = (single, 2, 4, 8)[fhd >> 6]
+        if width == 0 or raw.size < pos + width:
+            return None
+        value = int.from_bytes(raw[pos : pos + width].tobytes(), "little")
+        return value + 256 if width == 2 else value
+    return None
 
 
 def _edges(start: int, stop: int, size: int) -> Iterator[tuple[int, int, int]]:

@@ -221,13 +221,21 @@ class DaskSource:
 @dataclass(frozen=True)
 class Window:
     """The rectangle ``[r0:r0 + m, c0:c0 + n]`` of another source (``origin`` = (r0, c0),
-    on the base's chunk boundaries), read by the same means. The pass engine gives the
-    kernels A's global indices (the window's plus ``origin``), so test matrices are the
-    whole matrix's: an update reads only the window of new entries."""
+    on the base's chunk boundaries), read by the same means. With ``global_index`` the
+    pass engine gives the kernels A's global indices (the window's plus ``origin``), so
+    test matrices are the whole matrix's: an update reads only the window of new entries.
+    Without it (a user's slice of A, which is the matrix of the computation) the kernels
+    see the window's own indices."""
 
     base: Any
     origin: tuple[int, int]
     shape: tuple[int, int]
+    global_index: bool = True
+
+    @property
+    def index_origin(self) -> tuple[int, int]:
+        """Where the kernels' indices start: ``origin``, or (0, 0) for a user's slice."""
+        return self.origin if self.global_index else (0, 0)
 
     def __post_init__(self) -> None:
         for axis in (0, 1):
@@ -322,7 +330,7 @@ def open_source(a: Any, *, name: str = "a", storage_options: dict | None = None)
             a = z
         else:
             base = open_source(z, name=name)
-            return Window(base, origin, tuple(int(d) for d in a.shape))
+            return Window(base, origin, tuple(int(d) for d in a.shape), global_index=False)
     if isinstance(a, zarr.Array):
         x = as_dask_matrix(a, name=name)
         return ZarrSource(x.shape, x.dtype, x.chunks, array=a)
@@ -382,8 +390,8 @@ def _aliased(a: Any, inner: list, tasks: dict) -> tuple[zarr.Array, tuple[int, i
         return None
     z = found[0]
     source_name = inner[-1]
-    grid = [-(-size // c) for size, c in zip(z.shape, z.chunks, strict=True)]
-    if len(a.dask.layers[source_name]) != grid[0] * grid[1]:  # z read in its own chunks
+    da = sys.modules["dask.array"]
+    if da.from_zarr(z).name != source_name:  # z read in other chunks than its own
         return None
     offsets = set()
     for key, task in tasks.items():

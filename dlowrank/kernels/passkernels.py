@@ -138,14 +138,17 @@ def nonfinite(block, rows, cols, missing=False) -> dict:
 def gram_apply(block, rows, cols, x) -> dict:
     """Panel kernel of a power iteration: Z += A_i^T (A_i X), one read (HMT §4.5), in
     :func:`power_dtype`; summed over panels in float64."""
-    dtype = power_dtype(block)
-    if isinstance(block, Tiles):
-        z = block.adjoint(block.times(x, dtype), dtype)
-    else:
-        a = block if dtype == np.float32 and isinstance(block, np.ndarray) else _f64(block)
-        xs = x.astype(a.dtype, copy=False)
-        z = np.asarray(a.T @ (a @ xs))
+    z = _gram_apply(block, x, power_dtype(block))
+    if z.dtype != np.float64 and not np.all(np.isfinite(z)):  # float32 overflowed
+        z = _gram_apply(block, x, np.float64)
     return {"sums": {"z": z.astype(np.float64)}, "rows": _EMPTY, "cols": _EMPTY}
+
+
+def _gram_apply(block, x: np.ndarray, dtype) -> np.ndarray:
+    if isinstance(block, Tiles):
+        return block.adjoint(block.times(x, dtype), dtype)
+    a = block if dtype == np.float32 and isinstance(block, np.ndarray) else _f64(block)
+    return np.asarray(a.T @ (a @ x.astype(a.dtype, copy=False)))
 
 
 def range_and_adjoint(block, rows, cols, x) -> dict:

@@ -10,7 +10,8 @@ worker, and the same seed gives the same numbers for any chunking of the data
 from __future__ import annotations
 
 import enum
-import functools
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -60,34 +61,58 @@ def gaussian_panel(
     uniform: bool = False,
 ) -> np.ndarray:
     """Canonical panel ``panel`` (at most ``panel_rows`` x ``cols``) of N(0, 1) numbers
-    (``uniform``: of U[0, 1) numbers). Read-only: the last few panels are kept
-    (:func:`_kept_panel`), since the row slabs of a piece and the pieces of one chunk row
+    (``uniform``: of U[0, 1) numbers). Read-only: recent panels are kept
+    (:class:`_KeptPanels`), since the row slabs of a piece and the pieces of one chunk row
     each ask for the panels they overlap (measured: a 10,000 x 2,000 chunk's single-pass
     kernel took 0.52 s in 16 MB slabs, 0.40 s whole)."""
-    return _kept_panel(entropy, spawn_key, key, n_rows, cols, panel, panel_rows, uniform)
-
-
-#: Panels kept per process: a chunk row of 10,000 rows overlaps 3 or 4 panels of each of
-#: the single pass's two m-side test matrices (at most 8 x 4096 x 163 float64, 43 MB).
-KEPT_PANELS = 8
-
-
-@functools.lru_cache(maxsize=KEPT_PANELS)
-def _kept_panel(
-    entropy: int,
-    spawn_key: tuple[int, ...],
-    key: int,
-    n_rows: int,
-    cols: int,
-    panel: int,
-    panel_rows: int,
-    uniform: bool,
-) -> np.ndarray:
-    rows = min(panel_rows, n_rows - panel * panel_rows)
-    rng = child_rng(entropy, spawn_key, key, panel)
-    out = rng.random((rows, cols)) if uniform else rng.standard_normal((rows, cols))
-    out.flags.writeable = False
+    if not isinstance(entropy, int):  # a sequence of ints: hashable as a tuple
+        entropy = tuple(int(e) for e in np.atleast_1d(entropy))
+    key_ = (entropy, tuple(spawn_key), key, n_rows, cols, panel, panel_rows, uniform)
+    out = _KEPT.get(key_)
+    if out is None:
+        rows = min(panel_rows, n_rows - panel * panel_rows)
+        rng = child_rng(entropy, tuple(spawn_key), key, panel)
+        out = rng.random((rows, cols)) if uniform else rng.standard_normal((rows, cols))
+        out.flags.writeable = False
+        _KEPT.put(key_, out)
     return out
+
+
+#: Bytes of recent panels kept per process: a chunk row of 10,000 rows overlaps 3 or 4
+#: panels of each of the single pass's two m-side test matrices (4096 x 101 and 4096 x
+#: 163 float64 at rank 20: 35 MB for 4 of each).
+KEPT_BYTES = 48 << 20
+
+
+class _KeptPanels:
+    """The most recently used panels, at most :data:`KEPT_BYTES` in all (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.items: OrderedDict = OrderedDict()
+        self.nbytes = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self.lock:
+            out = self.items.get(key)
+            if out is not None:
+                self.items.move_to_end(key)
+            return out
+
+    def put(self, key: tuple, value: np.ndarray) -> None:
+        if value.nbytes > KEPT_BYTES // 4:  # a large panel would push out all others
+            return
+        with self.lock:
+            if key in self.items:
+                return
+            self.items[key] = value
+            self.nbytes += value.nbytes
+            while self.nbytes > KEPT_BYTES:
+                _, old = self.items.popitem(last=False)
+                self.nbytes -= old.nbytes
+
+
+_KEPT = _KeptPanels()
 
 
 def gaussian_rows(
