@@ -50,6 +50,11 @@ from dlowrank.engine.tall import (
 from dlowrank.errors import DlowrankWarning, PassTimeoutError, StorageError
 from dlowrank.io.source import Rect
 
+# A separable kernel works on a dense piece in row slabs of at most SLAB_BYTES float64
+# bytes, so its temporaries (the float64 copy, products with wide sketches) stay small;
+# a tile is converted in slabs of the same size.
+from dlowrank.kernels.passkernels import SLAB_BYTES
+
 logger = logging.getLogger(__name__)
 
 #: Default target size of a row panel (several chunk rows are grouped up to this).
@@ -172,11 +177,6 @@ class _RowArg:
     """A kernel argument holding the piece's own rows of a tall operand."""
 
     value: Any
-
-
-#: A separable kernel works on a dense piece in row slabs of at most this many float64
-#: bytes, so its temporaries (the float64 copy, products with wide sketches) stay small.
-SLAB_BYTES = 16 << 20
 
 
 def _declares(kernel: Callable, flag: str) -> bool:
@@ -345,7 +345,7 @@ class Plan:
         chunk = _stored_chunk(source)
         # a chunk that cannot be decoded where it belongs passes through a chunk buffer:
         # an edge chunk, a tile of several chunks (a wide A's), a panel assembled whole
-        whole = panel_tiles_whole(source, transpose) if tiles else False
+        whole = _tiles_whole(source, transpose) if tiles else False
         scratch = 0 if whole else chunk
         if layout == "auto":  # a panel's task holds it and at least one chunk's bytes
             widest = panel + chunk + scratch
@@ -435,7 +435,7 @@ def _in_flight(source: Any) -> int:
     return 2 * _stored_chunk(source)
 
 
-def panel_tiles_whole(source: Any, transpose: bool) -> bool:
+def _tiles_whole(source: Any, transpose: bool) -> bool:
     """Whether a panel's tiles take every chunk whole (no chunk buffer): A tall, one
     chunk a tile, no edge chunk."""
     return not transpose and all(len(set(c)) == 1 for c in source.chunks)

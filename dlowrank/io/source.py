@@ -17,10 +17,12 @@ every entry of a dense matrix in memory call :func:`dense` on the source.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +107,10 @@ class ZarrSource:
         out = np.empty((r1 - r0, c1 - c0), dtype=self.dtype)
         direct = self._direct(arr)
         if direct is not None:
-            self._read_direct(arr, direct, [(rect, out)], ahead)
+            from dlowrank.io import chunkread
+
+            with self._named(arr):
+                chunkread.read_into(arr, direct, [(rect, out)], ahead)
             return out
         edges = np.cumsum((0,) + self.chunks[1])
         for a, b in zip(edges[:-1], edges[1:], strict=True):
@@ -130,16 +135,16 @@ class ZarrSource:
         direct = self._direct(arr)
         if direct is None:
             return None
-        try:
+        with self._named(arr):
             return chunkread.read_tiles(arr, direct, rect, axis, ahead)
-        except chunkread.ChunkError as exc:
-            raise self._chunk_error(arr, exc.index, exc.cause, exc.fetched) from None
 
-    def _read_direct(self, arr: Any, direct: Any, parts: list, ahead: bool) -> None:
+    @contextlib.contextmanager
+    def _named(self, arr: Any) -> Iterator[None]:
+        """A chunk the reader cannot fetch or decode, named as a StorageError."""
         from dlowrank.io import chunkread
 
         try:
-            chunkread.read_into(arr, direct, parts, ahead)
+            yield
         except chunkread.ChunkError as exc:
             raise self._chunk_error(arr, exc.index, exc.cause, exc.fetched) from None
 
@@ -352,12 +357,9 @@ def bare_zarr(a: Any) -> zarr.Array | None:
     graph = dict(a.dask)
     if len(graph) != int(np.prod(a.numblocks)) + 1:
         return None
-    found = [
-        v for v in (getattr(v, "value", v) for v in graph.values()) if isinstance(v, zarr.Array)
-    ]
-    if len(found) != 1:
+    z = _one_zarr(graph)
+    if z is None:
         return None
-    z = found[0]
     own = da.core.normalize_chunks(z.chunks, z.shape)
     if z.shape != a.shape or z.dtype != a.dtype or a.chunks != own:
         return None
@@ -379,16 +381,22 @@ def zarr_window(a: Any) -> tuple[zarr.Array, tuple[int, int]] | None:
     return _aliased(a, inner, dict(a.dask.layers[last]))
 
 
-def _aliased(a: Any, inner: list, tasks: dict) -> tuple[zarr.Array, tuple[int, int]] | None:
-    """The (z, origin) of :func:`zarr_window` for a from_zarr graph ``inner`` (two layers)
-    under a layer ``tasks`` of aliases."""
-    graph = dict(a.dask)
+def _one_zarr(graph: dict) -> zarr.Array | None:
+    """The one zarr.Array a dask graph holds, or None (none, or several)."""
     found = [
         v for v in (getattr(v, "value", v) for v in graph.values()) if isinstance(v, zarr.Array)
     ]
-    if len(found) != 1 or found[0].dtype != a.dtype or found[0].ndim != 2:
+    return found[0] if len(found) == 1 else None
+
+
+def _aliased(a: Any, inner: list, tasks: dict) -> tuple[zarr.Array, tuple[int, int]] | None:
+    """The (z, origin) of :func:`zarr_window` for a from_zarr graph ``inner`` (two layers)
+    under a layer ``tasks`` of aliases."""
+    from dlowrank.io.matrix import stored_chunks
+
+    z = _one_zarr(dict(a.dask))
+    if z is None or z.dtype != a.dtype or z.ndim != 2:
         return None
-    z = found[0]
     source_name = inner[-1]
     da = sys.modules["dask.array"]
     if da.from_zarr(z).name != source_name:  # z read in other chunks than its own
@@ -404,16 +412,11 @@ def _aliased(a: Any, inner: list, tasks: dict) -> tuple[zarr.Array, tuple[int, i
     if len(offsets) != 1 or len(tasks) != int(np.prod(a.numblocks)):
         return None
     (di, dj), (ch, cw) = offsets.pop(), z.chunks
-    origin = (di * ch, dj * cw)
-    want = tuple(
-        tuple(min(c, size - o - k * c) for k in range(nb))
-        for size, o, c, nb in zip(z.shape, origin, (ch, cw), a.numblocks, strict=True)
-    )
-    if tuple(a.chunks) != want or any(
-        o + d > size for o, d, size in zip(origin, a.shape, z.shape, strict=True)
-    ):
+    rows, cols = stored_chunks(z.shape, z.chunks)
+    nb0, nb1 = a.numblocks
+    if tuple(a.chunks) != (rows[di : di + nb0], cols[dj : dj + nb1]):
         return None
-    return z, origin
+    return z, (di * ch, dj * cw)
 
 
 def dense(source: Any, what: str, name: str = "a") -> da.Array:

@@ -8,6 +8,7 @@ per column range. Sketches are accumulated in float64 whatever A's dtype.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,8 @@ from dlowrank.kernels import factor, random
 _EMPTY: dict = {}
 
 
-#: A tile is multiplied in row slabs of at most this many float64 bytes when it must be
-#: converted first (float32 data in a float64 product), so the copy stays small.
+#: Row slabs of at most this many float64 bytes: a separable kernel's piece (the engine
+#: cuts it) and a tile converted for a float64 product, so the copies stay small.
 SLAB_BYTES = 16 << 20
 
 
@@ -37,46 +38,37 @@ class Tiles:
         """A x in ``dtype`` (x: the piece's rows of the operand)."""
         out = None
         for lo, hi, t in self.parts:
-            part = _product(t, x[lo:hi], dtype)
+            xs = x[lo:hi].astype(dtype, copy=False)
+            part = np.vstack([slab @ xs for _, slab in _slabs(t, dtype)])
             out = part if out is None else out + part
         return out
 
     def adjoint(self, y: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
         """A^T y in ``dtype`` (y: the piece's rows)."""
-        return np.vstack([_adjoint_product(t, y, dtype) for _, _, t in self.parts])
+        y = y.astype(dtype, copy=False)
+        return np.vstack(
+            [
+                sum(slab.T @ y[s : s + len(slab)] for s, slab in _slabs(t, dtype))
+                for _, _, t in self.parts
+            ]
+        )
 
     def fro2(self) -> np.ndarray:
-        return sum((_slab_fro2(t) for _, _, t in self.parts), np.asarray(0.0))
-
-    def toarray(self) -> np.ndarray:
-        return np.hstack([t for _, _, t in self.parts])
-
-
-def _slabs(t: np.ndarray) -> range:
-    return range(0, t.shape[0], max(1, SLAB_BYTES // max(1, 8 * t.shape[1])))
+        return sum(
+            (fro2(slab) for _, _, t in self.parts for _, slab in _slabs(t, np.float64)),
+            np.asarray(0.0),
+        )
 
 
-def _product(t: np.ndarray, x: np.ndarray, dtype: Any) -> np.ndarray:
-    """t @ x in ``dtype``; a tile of another dtype is converted a row slab at a time."""
-    x = x.astype(dtype, copy=False)
+def _slabs(t: np.ndarray, dtype: Any) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows) of ``t`` in ``dtype``: ``t`` itself when it is of that dtype, else
+    converted a row slab of at most SLAB_BYTES at a time."""
     if t.dtype == dtype:
-        return t @ x
-    step = _slabs(t).step
-    return np.vstack([t[s : s + step].astype(dtype) @ x for s in _slabs(t)])
-
-
-def _adjoint_product(t: np.ndarray, y: np.ndarray, dtype: Any) -> np.ndarray:
-    """t^T @ y in ``dtype``, converted a row slab at a time when the dtypes differ."""
-    y = y.astype(dtype, copy=False)
-    if t.dtype == dtype:
-        return t.T @ y
-    step = _slabs(t).step
-    return sum(t[s : s + step].astype(dtype).T @ y[s : s + step] for s in _slabs(t))
-
-
-def _slab_fro2(t: np.ndarray) -> np.ndarray:
-    step = _slabs(t).step
-    return sum((fro2(np.asarray(t[s : s + step], np.float64)) for s in _slabs(t)), np.asarray(0.0))
+        yield 0, t
+        return
+    step = max(1, SLAB_BYTES // max(1, 8 * t.shape[1]))
+    for s in range(0, t.shape[0], step):
+        yield s, t[s : s + step].astype(dtype)
 
 
 def power_dtype(block: Any) -> Any:

@@ -271,10 +271,7 @@ def _tree_rss(pid: int) -> int | None:
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children", "rb") as f:
                     todo.extend(int(c) for c in f.read().split())
-        except FileNotFoundError:
+        except (OSError, ValueError):  # a child gone meanwhile is skipped
             if p == pid:
                 return None  # no /proc, or no children lists: psutil's way
-        except (OSError, ValueError):
-            if p == pid:
-                return None
     return total
